@@ -1,0 +1,149 @@
+"""API keys: generation, hashing, and the in-process TTL cache the hot path resolves them with.
+
+Keys are ``cog-`` + 43 URL-safe characters (32 random bytes) and stored only as SHA-256 hex.
+``KeyCache.resolve`` answers from memory for ``auth.key_cache_ttl_s`` after one Postgres
+lookup, so the hot path does not query Postgres per request. Unknown keys are cached too
+(negative entries), so a client hammering with a bad key costs Postgres one query per TTL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from .config import Config, Secrets
+from .gate import Limits
+
+KEY_PREFIX = "cog-"
+# Bound on cached resolutions; past it the cache is cleared wholesale (cheap, rare, and a
+# cleared entry costs one indexed Postgres lookup).
+MAX_CACHED_KEYS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key_id: str
+    org_id: str
+    limits: Limits
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def token_from_headers(authorization: bytes | None, x_api_key: bytes | None) -> str | None:
+    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (raw ASGI values)."""
+    if authorization is not None:
+        scheme, _, token = authorization.partition(b" ")
+        token = token.strip()
+        if scheme.lower() == b"bearer" and token:
+            return token.decode("latin-1")
+    if x_api_key is not None:
+        key = x_api_key.strip()
+        if key:
+            return key.decode("latin-1")
+    return None
+
+
+_LOOKUP_SQL = """
+SELECT k.id, k.org_id, r.requests_per_minute, r.requests_per_hour, r.requests_per_day
+FROM api_keys k
+JOIN organizations o ON o.id = k.org_id
+LEFT JOIN rate_limit_configs r ON r.org_id = k.org_id
+WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT o.disabled
+  AND (k.expires_at IS NULL OR k.expires_at > now())
+"""
+
+
+class KeyCache:
+    """key hash → KeyInfo, from config (static keys) or Postgres, cached with a TTL."""
+
+    __slots__ = ("_pool", "_ttl", "_defaults", "_static", "_entries")
+
+    def __init__(self, cfg: Config, secrets_: Secrets, pool: asyncpg.Pool | None) -> None:
+        self._pool = pool
+        self._ttl = cfg.auth.key_cache_ttl_s
+        rl = cfg.rate_limits
+        self._defaults = Limits(rl.requests_per_minute, rl.requests_per_hour, rl.requests_per_day)
+        self._static = {
+            h: KeyInfo(
+                key_id=f"static:{h[:12]}",
+                org_id=sk.org,
+                limits=Limits(
+                    sk.requests_per_minute or self._defaults.minute,
+                    sk.requests_per_hour or self._defaults.hour,
+                    sk.requests_per_day or self._defaults.day,
+                ),
+            )
+            for h, sk in secrets_.static_key_hashes.items()
+        }
+        self._entries: dict[str, tuple[float, KeyInfo | None]] = {}
+
+    async def resolve(self, token: str) -> KeyInfo | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        static = self._static.get(digest)
+        if static is not None:
+            return static
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        info = await self._lookup(digest)
+        if len(self._entries) >= MAX_CACHED_KEYS:
+            self._entries.clear()
+        self._entries[digest] = (now + self._ttl, info)
+        return info
+
+    def invalidate(self, digest: str | None = None) -> None:
+        if digest is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(digest, None)
+
+    async def _lookup(self, digest: str) -> KeyInfo | None:
+        if self._pool is None:
+            return None
+        row = await self._pool.fetchrow(_LOOKUP_SQL, digest)
+        if row is None:
+            return None
+        d = self._defaults
+        return KeyInfo(
+            key_id=row["id"],
+            org_id=row["org_id"],
+            limits=Limits(
+                row["requests_per_minute"] or d.minute,
+                row["requests_per_hour"] or d.hour,
+                row["requests_per_day"] or d.day,
+            ),
+        )
+
+
+async def create_org(conn: asyncpg.Connection, name: str, org_id: str | None = None) -> str:
+    if org_id is None:
+        return await conn.fetchval("INSERT INTO organizations (name) VALUES ($1) RETURNING id", name)
+    await conn.execute(
+        "INSERT INTO organizations (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        org_id,
+        name,
+    )
+    return org_id
+
+
+async def store_key(conn: asyncpg.Connection, org_id: str, key: str, name: str = "") -> str:
+    """Store a key's hash (never the key); returns the key id."""
+    return await conn.fetchval(
+        "INSERT INTO api_keys (org_id, key_hash, prefix, name) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (key_hash) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+        org_id,
+        hash_key(key),
+        key[:8],
+        name,
+    )

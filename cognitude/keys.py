@@ -1,0 +1,28 @@
+"""Every Redis key Cognitude writes, named in one place.
+
+All keys of one organization carry the hash tag ``{org:<id>}`` so that a single
+``EVALSHA`` touching an org's limiter windows and its cache entry stays on one shard of
+a Redis/Valkey Cluster (DESIGN §6). Limiter keys have no TTL (they must survive
+``volatile-*`` eviction); cache keys always have one.
+"""
+
+from __future__ import annotations
+
+PREFIX = "cog"
+
+# Sliding-window limiter hashes, one per window (minute / hour / day).
+WINDOWS = ("m", "h", "d")
+
+
+def org_tag(org_id: str) -> str:
+    return f"{PREFIX}:{{org:{org_id}}}"
+
+
+def limiter_keys(org_id: str) -> tuple[str, str, str]:
+    tag = org_tag(org_id)
+    return (f"{tag}:rl:m", f"{tag}:rl:h", f"{tag}:rl:d")
+
+
+def cache_key(org_id: str, endpoint: str, digest_hex: str) -> str:
+    """``endpoint`` is a short name such as ``chat`` or ``embeddings``."""
+    return f"{org_tag(org_id)}:c:{endpoint}:{digest_hex}"
