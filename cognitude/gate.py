@@ -1,0 +1,142 @@
+"""The request gate: three sliding-window rate limits and the cache lookup in one round trip.
+
+``Gate.check`` runs ``lua/gate.lua`` with one ``EVALSHA`` per proxied request (DESIGN §6). The
+script's header is the contract for its KEYS, ARGV and reply; this module only builds the
+arguments and turns the reply into a :class:`GateResult` for the response headers
+(``X-RateLimit-*``, ``Retry-After``) and the cache-hit path.
+
+The script is loaded with ``SCRIPT LOAD`` at start (``Gate.load``) and called by SHA. After a
+``SCRIPT FLUSH`` or a failover to a server that never saw it, the first call gets ``NOSCRIPT``,
+reloads once and retries. redis-py ``Script`` objects are not used: inside pipelines they add
+a ``SCRIPT EXISTS`` round trip to every call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from cognitude import keys
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+GATE_LUA_PATH: Path = Path(__file__).resolve().parent.parent / "lua" / "gate.lua"
+
+# ARGV[5] of gate.lua, as the bytes the client would encode anyway.
+_COUNT_HITS = b"1"
+_SKIP_HITS = b"0"
+# ARGV[6] meaning "use the server's TIME".
+_SERVER_CLOCK = b"0"
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    """Requests per trailing minute / hour / day of one organization."""
+
+    minute: int
+    hour: int
+    day: int
+
+
+@dataclass(slots=True)
+class GateResult:
+    allowed: bool
+    limit: int  # limit of the tightest window
+    remaining: int  # remaining in the tightest window after this call
+    reset_s: int  # whole seconds (ceil) until the tightest window's remaining increases
+    retry_after_s: int  # on rejection: ceil(retry_after_ms / 1000), >= 1; 0 when allowed
+    cached: bytes | None  # the cached value when admitted and present
+
+
+# Key names are pure functions of the org id; memoising them spares three f-strings per
+# request. Bounded because org ids come from the (bounded) set of provisioned orgs, but a
+# runaway set must not grow without limit.
+_limiter_keys = lru_cache(maxsize=8192)(keys.limiter_keys)
+
+
+def _strip_shebang(source: str) -> str:
+    """The script without its ``#!lua`` line, for Redis < 7.0 (which cannot parse it).
+
+    The newline stays so that error line numbers still match the file.
+    """
+    first, sep, rest = source.partition("\n")
+    return sep + rest if first.startswith("#!") else source
+
+
+def _ceil_s(ms: int) -> int:
+    return -(-ms // 1000)
+
+
+class Gate:
+    """Calls ``lua/gate.lua``; one instance per Redis client, created by the lifespan."""
+
+    __slots__ = ("_redis", "_source", "_sha")
+
+    def __init__(self, redis: redis.asyncio.Redis, source: str | None = None) -> None:
+        self._redis = redis
+        self._source = GATE_LUA_PATH.read_text(encoding="utf-8") if source is None else source
+        # The SHA is known without a round trip, so check() works even if load() never ran:
+        # the first call then takes the NOSCRIPT path once.
+        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
+
+    @property
+    def sha(self) -> str:
+        return self._sha
+
+    async def load(self) -> None:
+        """``SCRIPT LOAD`` the script (at start, and after ``NOSCRIPT``)."""
+        try:
+            self._sha = await self._redis.script_load(self._source)
+        except ResponseError as exc:
+            # Redis 6.2 compiles the shebang line as Lua and fails on its '#'; without the
+            # line the script runs there as a legacy script (writes allowed, no OOM pre-check).
+            if "near '#'" not in str(exc):
+                raise
+            self._sha = await self._redis.script_load(_strip_shebang(self._source))
+
+    async def check(
+        self,
+        org_id: str,
+        limits: Limits,
+        cache_key: str | None = None,
+        *,
+        count_hits: bool = True,
+        cost: int = 1,
+        now_ms: int | None = None,
+    ) -> GateResult:
+        """Count one request (``cost`` requests) against ``limits`` and look up ``cache_key``.
+
+        Rejected requests write nothing. With ``count_hits=False`` a cache hit is returned
+        without checking or counting the limits. ``now_ms`` overrides the server clock and
+        exists for tests only.
+        """
+        if cost < 1:
+            raise ValueError(f"cost must be >= 1, got {cost}")
+        hits = _COUNT_HITS if count_hits else _SKIP_HITS
+        now = _SERVER_CLOCK if now_ms is None else now_ms
+        ks = _limiter_keys(org_id) if cache_key is None else (*_limiter_keys(org_id), cache_key)
+        args = (*ks, limits.minute, limits.hour, limits.day, cost, hits, now)
+        try:
+            reply = await self._redis.evalsha(self._sha, len(ks), *args)
+        except NoScriptError:
+            await self.load()
+            reply = await self._redis.evalsha(self._sha, len(ks), *args)
+        return _parse(reply)
+
+
+def _parse(reply: list[Any]) -> GateResult:
+    allowed, limit, remaining, reset_ms, retry_ms, _window, cached = reply
+    return GateResult(
+        allowed=allowed == 1,
+        limit=limit,
+        remaining=remaining,
+        reset_s=_ceil_s(reset_ms),
+        retry_after_s=0 if allowed == 1 else max(1, _ceil_s(retry_ms)),
+        cached=cached,
+    )

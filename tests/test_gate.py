@@ -1,0 +1,481 @@
+"""lua/gate.lua and cognitude/gate.py against a real Redis/Valkey server.
+
+Times are driven through the script's test-only ``now_ms`` override, so every expectation is
+exact to the millisecond. The reference ``Model`` below re-states the algorithm in plain Python;
+the invariants that do not depend on it (never more than N in any trailing window, Retry-After
+exact, rejections write nothing) are checked against brute force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis.asyncio
+from redis.exceptions import ResponseError
+
+from cognitude import keys
+from cognitude.gate import GATE_LUA_PATH, Gate, GateResult, Limits, _strip_shebang
+
+W_MS = (60_000, 3_600_000, 86_400_000)
+G_MS = (1_000, 60_000, 900_000)
+T0 = 1_767_225_600_123  # 2026-01-01 00:00:00.123 UTC: deliberately not on a bucket edge
+BIG = Limits(10**6, 10**6, 10**6)
+
+
+@pytest.fixture
+async def gate(redis_client: redis.asyncio.Redis) -> Gate:
+    g = Gate(redis_client)
+    await g.load()
+    return g
+
+
+async def raw(
+    r: redis.asyncio.Redis,
+    gate: Gate,
+    org: str,
+    limits: Limits,
+    now_ms: int,
+    *,
+    cost: int = 1,
+    cache_key: str | None = None,
+    count_hits: bool = True,
+) -> list[Any]:
+    """The script's reply as is (milliseconds and window index included)."""
+    ks: tuple[str, ...] = keys.limiter_keys(org)
+    if cache_key is not None:
+        ks = (*ks, cache_key)
+    argv = (limits.minute, limits.hour, limits.day, cost, "1" if count_hits else "0", now_ms)
+    reply: list[Any] = await r.evalsha(gate.sha, len(ks), *ks, *argv)
+    return reply
+
+
+async def snapshot(r: redis.asyncio.Redis, org: str) -> list[Any]:
+    return [(await r.dump(k), await r.hgetall(k)) for k in keys.limiter_keys(org)]
+
+
+async def commandstats(r: redis.asyncio.Redis) -> dict[str, int]:
+    info = await r.info("commandstats")
+    return {name.removeprefix("cmdstat_"): v["calls"] for name, v in info.items()}
+
+
+# -- reference model ---------------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """The sub-bucket algorithm restated naively: a dict of buckets per window."""
+
+    buckets: list[dict[int, int]] = field(default_factory=lambda: [{}, {}, {}])
+
+    def counted(self, i: int, now: int) -> dict[int, int]:
+        lo = (now - W_MS[i]) // G_MS[i]
+        return {b: c for b, c in self.buckets[i].items() if b >= lo}
+
+    def check(self, limits: Limits, now: int, cost: int) -> tuple[int, int, int, int, int, int]:
+        lims = (limits.minute, limits.hour, limits.day)
+        counted = [self.counted(i, now) for i in range(3)]
+        total = [sum(c.values()) for c in counted]
+        allowed = all(total[i] + cost <= lims[i] for i in range(3))
+        retry = 0
+        if allowed:
+            for i in range(3):
+                b = now // G_MS[i]
+                self.buckets[i][b] = self.buckets[i].get(b, 0) + cost
+                counted[i][b] = counted[i].get(b, 0) + cost
+                total[i] += cost
+        else:
+            for i in range(3):
+                if total[i] + cost <= lims[i]:
+                    continue
+                r, left = W_MS[i], total[i]
+                for b in sorted(counted[i]):
+                    left -= counted[i][b]
+                    if left + cost <= lims[i]:
+                        r = (b + 1) * G_MS[i] + W_MS[i] - now
+                        break
+                retry = max(retry, r)
+        rem = [max(0, lims[i] - total[i]) for i in range(3)]
+        best, best_reset = 0, 0
+        for i in range(3):
+            if rem[i] != min(rem):
+                continue
+            reset = (min(counted[i]) + 1) * G_MS[i] + W_MS[i] - now if counted[i] else 0
+            if best == 0 or reset >= best_reset:
+                best, best_reset = i + 1, reset
+        return int(allowed), lims[best - 1], rem[best - 1], best_reset, retry, best
+
+
+# -- reply shapes and headers ------------------------------------------------------------------
+
+
+async def test_script_starts_with_shebang() -> None:
+    assert GATE_LUA_PATH.read_text(encoding="utf-8").split("\n", 1)[0] == "#!lua"
+
+
+async def test_admit_counts_down(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    limits = Limits(3, 100, 1000)
+    got = [await gate.check("a", limits, now_ms=T0 + i) for i in range(3)]
+    # the first request's 1 s bucket leaves the minute window at its end + 60 s
+    reset_s = math.ceil(((T0 // 1000 + 1) * 1000 + 60_000 - T0) / 1000)
+    assert got == [
+        GateResult(True, 3, 2, reset_s, 0, None),
+        GateResult(True, 3, 1, reset_s, 0, None),
+        GateResult(True, 3, 0, reset_s, 0, None),
+    ]
+    reply = await raw(redis_client, gate, "a", limits, T0 + 5)
+    drop = (T0 // 1000 + 1) * 1000 + 60_000 - (T0 + 5)
+    assert reply == [0, 3, 0, drop, drop, 1, None]
+
+
+async def test_tightest_window_is_reported(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    # the hour window has the least room left, so its numbers go into the headers
+    reply = await raw(redis_client, gate, "a", Limits(10, 2, 100), T0)
+    assert reply[:4] == [1, 2, 1, (T0 // 60_000 + 1) * 60_000 + 3_600_000 - T0]
+    assert reply[4:] == [0, 2, None]
+    reply = await raw(redis_client, gate, "b", Limits(10, 20, 3), T0)
+    assert reply[1:3] == [3, 2] and reply[5] == 3
+
+
+async def test_server_clock(gate: Gate) -> None:
+    # no override: the server's TIME; a fresh bucket drops out after (60 s, 61 s]
+    res = await gate.check("a", Limits(5, 10, 20))
+    assert res == GateResult(True, 5, 4, 61, 0, None)
+
+
+async def test_reject_writes_nothing(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    limits = Limits(2, 100, 1000)
+    for i in range(2):
+        assert (await gate.check("a", limits, now_ms=T0 + i * 1500)).allowed
+    before = await snapshot(redis_client, "a")
+    for dt in (3000, 3001, 40_000):
+        res = await gate.check("a", limits, now_ms=T0 + dt)
+        assert not res.allowed and res.remaining == 0 and res.retry_after_s >= 1
+        assert await snapshot(redis_client, "a") == before
+    # with the minute's stale buckets pending deletion: a rejection still deletes nothing
+    limits = Limits(100, 2, 1000)
+    res = await gate.check("a", limits, now_ms=T0 + 600_000)
+    assert not res.allowed
+    assert await snapshot(redis_client, "a") == before
+
+
+async def test_cost_and_invalid_arguments(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    limits = Limits(5, 100, 1000)
+    assert (await gate.check("a", limits, cost=4, now_ms=T0)).remaining == 1
+    assert not (await gate.check("a", limits, cost=2, now_ms=T0)).allowed
+    assert (await gate.check("a", limits, cost=1, now_ms=T0)).remaining == 0
+    with pytest.raises(ValueError):
+        await gate.check("a", limits, cost=0)
+    with pytest.raises(ResponseError, match="cost must be"):
+        await raw(redis_client, gate, "a", limits, T0, cost=0)
+    with pytest.raises(ResponseError, match="limit 2 is not a number"):
+        await redis_client.evalsha(gate.sha, 3, *keys.limiter_keys("a"), 5, "x", 9, 1, "1", T0)
+
+
+async def test_cost_above_limit_never_fits(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    # nothing counted, nothing to wait for: the window's own length is the only honest hint
+    reply = await raw(redis_client, gate, "a", Limits(0, 10, 10), T0)
+    assert reply == [0, 0, 0, 0, 60_000, 1, None]
+    res = await gate.check("a", Limits(5, 10, 0), now_ms=T0)
+    assert (res.allowed, res.limit, res.retry_after_s) == (False, 0, 86_400)
+
+
+# -- exact Retry-After -------------------------------------------------------------------------
+
+
+async def probe_retry(
+    r: redis.asyncio.Redis, gate: Gate, org: str, limits: Limits, t: int, cost: int = 1
+) -> int:
+    """Reject at t, reject again 1 ms before Retry-After, admit exactly at it."""
+    reply = await raw(r, gate, org, limits, t, cost=cost)
+    assert reply[0] == 0
+    retry_ms = reply[4]
+    assert retry_ms > 0
+    res = await gate.check(org, limits, cost=cost, now_ms=t)
+    assert res.retry_after_s == max(1, math.ceil(retry_ms / 1000))
+    assert (await raw(r, gate, org, limits, t + retry_ms - 1, cost=cost))[0] == 0
+    assert (await raw(r, gate, org, limits, t + retry_ms, cost=cost))[0] == 1
+    return retry_ms
+
+
+async def test_retry_after_minute_exact(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    limits = Limits(5, 1000, 1000)
+    for dt in (0, 0, 1500, 2500, 7000):
+        assert (await gate.check("a", limits, now_ms=T0 + dt)).allowed
+    # both requests of T0's 1 s bucket leave together, 60 s after that bucket ends
+    retry = await probe_retry(redis_client, gate, "a", limits, T0 + 9000)
+    assert retry == (T0 // 1000 + 1) * 1000 + 60_000 - (T0 + 9000)
+
+
+async def test_retry_after_needs_several_buckets(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    limits = Limits(6, 1000, 1000)
+    for dt in (0, 1000, 2000, 3000, 4000, 5000):
+        assert (await gate.check("a", limits, now_ms=T0 + dt)).allowed
+    # a request costing 3 fits once the three oldest buckets dropped out
+    retry = await probe_retry(redis_client, gate, "a", limits, T0 + 30_000, cost=3)
+    assert retry == (T0 // 1000 + 3) * 1000 + 60_000 - (T0 + 30_000)
+
+
+async def test_hour_and_day_reject_on_their_own(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    hour = Limits(100, 3, 1000)
+    for dt in (0, 120_000, 600_000):
+        assert (await gate.check("h", hour, now_ms=T0 + dt)).allowed
+    res = await gate.check("h", hour, now_ms=T0 + 900_000)
+    assert (res.allowed, res.limit, res.remaining) == (False, 3, 0)
+    retry = await probe_retry(redis_client, gate, "h", hour, T0 + 900_000)
+    assert retry == (T0 // 60_000 + 1) * 60_000 + 3_600_000 - (T0 + 900_000)
+
+    day = Limits(100, 100, 2)
+    for dt in (0, 5 * 3_600_000):
+        assert (await gate.check("d", day, now_ms=T0 + dt)).allowed
+    retry = await probe_retry(redis_client, gate, "d", day, T0 + 10 * 3_600_000)
+    assert retry == (T0 // 900_000 + 1) * 900_000 + 86_400_000 - (T0 + 10 * 3_600_000)
+
+
+async def test_retry_after_is_max_over_windows(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    limits = Limits(2, 4, 1000)
+    for dt in (0, 1000, 120_000, 121_000):
+        assert (await gate.check("a", limits, now_ms=T0 + dt)).allowed
+    # at +125 s the minute window is full (its oldest bucket leaves at ~+181 s) and so is the
+    # hour (its oldest leaves at ~+1 h): the hour decides, and is the reported window
+    t = T0 + 125_000
+    reply = await raw(redis_client, gate, "a", limits, t)
+    hour_retry = (T0 // 60_000 + 1) * 60_000 + 3_600_000 - t
+    assert reply == [0, 4, 0, hour_retry, hour_retry, 2, None]
+    await probe_retry(redis_client, gate, "a", limits, t)
+
+
+# -- invariants over long random sequences -----------------------------------------------------
+
+
+async def test_random_sequence_matches_model_and_brute_force(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    rng = random.Random(20260101)
+    limits = Limits(7, 40, 150)
+    lims = (limits.minute, limits.hour, limits.day)
+    model = Model()
+    admitted: list[tuple[int, int]] = []  # (time, cost), in time order
+    t, probes = T0, 0
+    rejected_by: set[int] = set()
+    pending: list[tuple[int, int, int]] = []  # scheduled (time, cost, expected allowed)
+    for _ in range(4000):
+        if pending:
+            t, cost, expect = pending.pop(0)
+        else:
+            # bursts fill the minute, steady traffic the hour and day, rare gaps empty them
+            x = rng.random()
+            scale = 50 if x < 0.4 else 3000 if x < 0.7 else 120_000 if x < 0.9 else 1_800_000
+            if x > 0.995:
+                scale = 2 * 86_400_000
+            t += rng.randrange(0, scale)
+            cost, expect = rng.choice((1, 1, 1, 2, 3)), -1
+        reply = await raw(redis_client, gate, "p", limits, t, cost=cost)
+        assert tuple(reply[:6]) == model.check(limits, t, cost), (t, cost)
+        assert reply[6] is None
+        if expect != -1:
+            assert reply[0] == expect
+        if reply[0]:
+            admitted.append((t, cost))
+            continue
+        rejected_by.add(reply[5])
+        if not pending and rng.random() < 0.3:
+            # exactness: rejected 1 ms before Retry-After, admitted exactly at it
+            probes += 1
+            pending = [(t + reply[4] - 1, cost, 0), (t + reply[4], cost, 1)]
+    assert probes > 50 and len(admitted) > 1000
+    assert rejected_by == {1, 2, 3}
+
+    times = [a[0] for a in admitted]
+    prefix = [0]
+    for _, c in admitted:
+        prefix.append(prefix[-1] + c)
+    for j, now in enumerate(times):
+        for i in range(3):
+            # everything admitted in the closed interval [now - W, now], now included
+            first = bisect.bisect_left(times, now - W_MS[i])
+            last = bisect.bisect_right(times, now, lo=j)
+            assert prefix[last] - prefix[first] <= lims[i], (now, i)
+    # keys stay pruned: never more buckets than a window spans, plus the three bookkeeping fields
+    for k, w, g in zip(keys.limiter_keys("p"), W_MS, G_MS, strict=True):
+        assert await redis_client.hlen(k) <= w // g + 1 + 3
+
+
+async def test_clock_step_back_never_admits_more(gate: Gate) -> None:
+    limits = Limits(3, 100, 1000)
+    assert (await gate.check("a", limits, now_ms=T0 + 30_000)).allowed
+    # an earlier clock (failover to a replica running behind) still sees that request
+    assert (await gate.check("a", limits, now_ms=T0)).remaining == 1
+    assert (await gate.check("a", limits, now_ms=T0 + 1)).remaining == 0
+    assert not (await gate.check("a", limits, now_ms=T0 + 2)).allowed
+    # the back-dated requests were counted in the newest bucket, so they leave with it
+    assert not (await gate.check("a", limits, now_ms=T0 + 89_000)).allowed
+    assert (await gate.check("a", limits, now_ms=T0 + 91_000)).remaining == 2
+
+
+async def test_idle_org_starts_fresh(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    limits = Limits(5, 50, 500)
+    for dt in range(0, 3_600_000, 60_000):
+        await gate.check("a", limits, now_ms=T0 + dt)
+    res = await gate.check("a", limits, now_ms=T0 + 3 * 86_400_000)
+    assert (res.remaining, res.limit) == (4, 5)
+    for k in keys.limiter_keys("a"):
+        assert await redis_client.hlen(k) == 4
+
+
+async def test_concurrent_checks_admit_exactly_the_limit(gate: Gate) -> None:
+    limits = Limits(5, 100, 1000)
+    results = await asyncio.gather(*(gate.check("a", limits) for _ in range(20)))
+    assert sum(r.allowed for r in results) == 5
+    assert sorted(r.remaining for r in results if r.allowed) == [0, 1, 2, 3, 4]
+    assert all(r.retry_after_s >= 1 for r in results if not r.allowed)
+
+
+# -- cache lookup ------------------------------------------------------------------------------
+
+
+async def test_cache_miss_and_hit(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    ck = keys.cache_key("a", "chat", "ab" * 16)
+    limits = Limits(5, 100, 1000)
+    assert (await gate.check("a", limits, ck, now_ms=T0)).cached is None
+    value = b"\x00\xff\xfe zstd \x28\xb5\x2f\xfd \x80\n"
+    await redis_client.set(ck, value, ex=60)
+    res = await gate.check("a", limits, ck, now_ms=T0)
+    assert res.cached == value
+    assert res.remaining == 3  # the hit counted
+    assert (await raw(redis_client, gate, "a", limits, T0, cache_key=ck))[6] == value
+
+
+async def test_rejected_request_never_reads_cache(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    ck = keys.cache_key("a", "chat", "cd" * 16)
+    await redis_client.set(ck, b"cached", ex=60)
+    limits = Limits(1, 100, 1000)
+    assert (await gate.check("a", limits, ck, now_ms=T0)).cached == b"cached"
+    await redis_client.config_resetstat()
+    res = await gate.check("a", limits, ck, now_ms=T0)
+    assert not res.allowed and res.cached is None
+    assert "get" not in await commandstats(redis_client)
+
+
+async def test_uncounted_hits(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    ck = keys.cache_key("a", "chat", "ef" * 16)
+    limits = Limits(2, 100, 1000)
+    await redis_client.set(ck, b"hit", ex=60)
+    for _ in range(5):
+        res = await gate.check("a", limits, ck, count_hits=False, now_ms=T0)
+        assert res == GateResult(True, 2, 2, 0, 0, b"hit")
+    # the limit is untouched by those hits, and a full window does not stop them either
+    assert (await gate.check("a", limits, now_ms=T0)).remaining == 1
+    assert (await gate.check("a", limits, now_ms=T0)).remaining == 0
+    before = await snapshot(redis_client, "a")
+    res = await gate.check("a", limits, ck, count_hits=False, now_ms=T0 + 1)
+    assert (res.allowed, res.cached, res.remaining, res.retry_after_s) == (True, b"hit", 0, 0)
+    assert res.reset_s == math.ceil(((T0 // 1000 + 1) * 1000 + 60_000 - T0 - 1) / 1000)
+    assert await snapshot(redis_client, "a") == before
+    # a miss with count_hits=False is an ordinary, limited request
+    miss = keys.cache_key("a", "chat", "00" * 16)
+    res = await gate.check("a", limits, miss, count_hits=False, now_ms=T0 + 2)
+    assert not res.allowed and res.cached is None
+    res = await gate.check("b", limits, miss, count_hits=False, now_ms=T0 + 2)
+    assert (res.allowed, res.remaining, res.cached) == (True, 1, None)
+
+
+async def test_hit_is_one_command(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    ck = keys.cache_key("a", "chat", "12" * 16)
+    await redis_client.set(ck, b"v", ex=60)
+    limits = Limits(100, 3000, 50000)
+    await gate.check("a", limits, ck)  # warm: the keys exist, as in steady state
+    sent: list[object] = []
+    execute = redis_client.execute_command
+
+    async def counting(*args: Any, **options: Any) -> Any:
+        sent.append(args[0])
+        return await execute(*args, **options)
+
+    await redis_client.config_resetstat()
+    redis_client.execute_command = counting  # type: ignore[method-assign]
+    try:
+        assert (await gate.check("a", limits, ck)).cached == b"v"
+    finally:
+        del redis_client.execute_command
+    stats = await commandstats(redis_client)
+    assert sent == ["EVALSHA"]
+    assert stats.pop("evalsha") == 1
+    assert stats.pop("config|resetstat") == 1
+    assert stats.pop("get") == 1  # the script's own cache read
+    # everything else ran inside the script: its hash reads and writes, nothing client-side
+    assert set(stats) <= {"hmget", "hget", "hset", "hdel", "del", "time"}, stats
+
+
+async def test_noscript_reloads_once(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    limits = Limits(5, 100, 1000)
+    await redis_client.script_flush()
+    await redis_client.config_resetstat()
+    assert (await gate.check("a", limits, now_ms=T0)).remaining == 4
+    assert (await gate.check("a", limits, now_ms=T0)).remaining == 3
+    stats = await commandstats(redis_client)
+    assert stats["script|load"] == 1
+    # a Gate that never ran load() gets there by the same path
+    await redis_client.script_flush()
+    fresh = Gate(redis_client)
+    assert (await fresh.check("a", limits, now_ms=T0)).remaining == 2
+
+
+async def test_legacy_load_without_shebang(redis_client: redis.asyncio.Redis) -> None:
+    source = GATE_LUA_PATH.read_text(encoding="utf-8")
+    stripped = _strip_shebang(source)
+    assert stripped.startswith("\n--[[") and stripped.count("\n") == source.count("\n")
+
+    class Redis62:
+        """Rejects the shebang the way Redis 6.2 compiles it."""
+
+        async def script_load(self, src: str) -> str:
+            if src.startswith("#!"):
+                raise ResponseError(
+                    "Error compiling script (new function): user_script:1: "
+                    "unexpected symbol near '#'"
+                )
+            sha: str = await redis_client.script_load(src)
+            return sha
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(redis_client, name)
+
+    legacy = Gate(Redis62())  # type: ignore[arg-type]
+    await legacy.load()
+    assert (await legacy.check("a", Limits(2, 10, 10), now_ms=T0)).remaining == 1
+
+
+# -- footprint ---------------------------------------------------------------------------------
+
+
+async def test_saturated_org_footprint(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    """Every bucket of all three windows in use, at the default limits: <= 2 KB, no TTL."""
+    limits = Limits(100, 3000, 50000)
+    end = T0 + 2 * 86_400_000
+    calls: list[tuple[int, int]] = []
+    # the day before the last hour: two requests of cost 100 per 15-minute bucket
+    calls += [(t, 100) for t in range(end - 86_400_000, end - 3_660_000, 450_000)]
+    # the last hour: one request of cost 30 a minute, then one of cost 1 a second
+    calls += [(t, 30) for t in range(end - 3_600_000, end - 120_000, 60_000)]
+    calls += [(t, 1) for t in range(end - 61_000, end + 1, 1000)]
+    for t, cost in calls:
+        assert (await gate.check("s", limits, cost=cost, now_ms=t)).allowed, t
+    ks = keys.limiter_keys("s")
+    assert [await redis_client.hlen(k) for k in ks] == [61 + 3, 61 + 3, 97 + 3]
+    usage = [await redis_client.memory_usage(k, samples=0) or 0 for k in ks]
+    assert sum(usage) <= 2048, usage
+    assert [await redis_client.ttl(k) for k in ks] == [-1, -1, -1]
