@@ -1,0 +1,217 @@
+"""The ASGI application: hot routes dispatched raw, everything else through Starlette.
+
+``create_app()`` is the uvicorn factory. The lifespan owns every resource (Redis pool,
+Postgres pool, upstream session, gate script) and closes them on shutdown; nothing is
+created at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import config as config_mod
+from . import db
+from .auth import KeyCache, create_org, token_from_headers
+from .cache_key import ValueCodec
+from .config import Config
+from .errors import (
+    AuthenticationError,
+    ProxyError,
+    ServiceUnavailable,
+    error_body,
+    for_status,
+)
+from .gate import Gate
+from .proxy import ProxyRoute
+from .state import AppState
+from .upstream import Providers, create_session
+
+log = logging.getLogger("cognitude")
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def error_response(exc: ProxyError) -> Response:
+    headers = {k.decode(): v.decode() for k, v in exc.headers}
+    return Response(exc.body(), status_code=exc.status_code, media_type="application/json",
+                    headers=headers)
+
+
+async def _proxy_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (and any HTTPException) as OpenAI JSON."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        err = for_status(404, f"Unknown path: {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        err = for_status(405, f"Method {request.method} not allowed on {request.url.path}")
+    else:
+        err = for_status(exc.status_code, str(exc.detail))
+    resp = error_response(err)
+    if exc.status_code != err.status_code:
+        resp.status_code = exc.status_code
+    for k, v in (exc.headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    # Last-resort boundary: anything unexpected becomes an OpenAI-shaped 500, never a trace.
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return Response(error_body("Internal server error.", "server_error", None, "internal_error"),
+                    status_code=500, media_type="application/json")
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.cognitude  # type: ignore[no-any-return]
+
+
+async def health(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    """Ready when Redis and Postgres both answer; 503 naming the one that does not."""
+    st = _state(request)
+    problems = []
+    try:
+        await st.redis.ping()
+    except (RedisError, OSError) as exc:
+        problems.append(f"redis: {type(exc).__name__}")
+    if st.pg is not None:
+        try:
+            await st.pg.fetchval("SELECT 1")
+        except (asyncpg.PostgresError, OSError) as exc:
+            problems.append(f"postgres: {type(exc).__name__}")
+    if problems:
+        err = ServiceUnavailable("Not ready: " + "; ".join(problems))
+        return error_response(err)
+    return json_response({"status": "ready"})
+
+
+async def models(request: Request) -> Response:
+    st = _state(request)
+    token = token_from_headers(request.headers.get("authorization", "").encode() or None,
+                               request.headers.get("x-api-key", "").encode() or None)
+    if token is None or await st.keys.resolve(token) is None:
+        raise AuthenticationError("Missing or invalid API key.")
+    return Response(st.providers.model_list(), media_type="application/json")
+
+
+def _redis_client(cfg: Config) -> aioredis.Redis:
+    timeout = cfg.redis.socket_timeout_ms / 1000
+    if cfg.redis.cluster:
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            cfg.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            max_connections=cfg.redis.pool_size,
+        )
+    return aioredis.Redis.from_url(
+        cfg.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        max_connections=cfg.redis.pool_size, decode_responses=False,
+    )
+
+
+async def _open_postgres(cfg: Config) -> asyncpg.Pool:
+    try:
+        pool = await db.create_pool(cfg.postgres.dsn, cfg.postgres.pool_min, cfg.postgres.pool_max)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise config_mod.ConfigError(
+            f"{cfg.source}: postgres.dsn: cannot connect to Postgres: {type(exc).__name__}: {exc}"
+        ) from None
+    if cfg.postgres.auto_migrate:
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+    return pool
+
+
+class CognitudeApp:
+    """Top-level ASGI callable: exact-path dispatch to the raw hot routes, else Starlette."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.hot: dict[str, ProxyRoute] = {}
+        self.starlette = Starlette(
+            routes=[
+                Route("/health", health, methods=["GET"]),
+                Route("/ready", ready, methods=["GET"]),
+                Route("/v1/models", models, methods=["GET"]),
+            ],
+            exception_handlers={
+                ProxyError: _proxy_error,
+                HTTPException: _http_error,
+                Exception: _server_error,
+            },
+            lifespan=self.lifespan,
+        )
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            route = self.hot.get(scope["path"])
+            if route is not None:
+                await route(scope, receive, send)
+                return
+        await self.starlette(scope, receive, send)
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        cfg = self.cfg
+        secrets = config_mod.read_secrets(cfg)
+        providers = Providers(cfg, secrets)
+        pg = await _open_postgres(cfg)
+        redis = _redis_client(cfg)
+        session = create_session(cfg)
+        try:
+            async with pg.acquire() as conn:
+                for sk in cfg.auth.static_keys:
+                    await create_org(conn, sk.org, sk.org)
+            gate = Gate(redis)
+            try:
+                await gate.load()
+            except (RedisError, OSError) as exc:
+                # fail_open: serve without limits until Redis is back (check() reloads the
+                # script on first contact); fail-closed deployments refuse to start.
+                if not cfg.redis.fail_open:
+                    raise config_mod.ConfigError(
+                        f"{cfg.source}: redis.url: cannot reach Redis: {exc}") from None
+                log.warning("redis unreachable at start (%s); failing open", exc)
+            state = AppState(
+                cfg=cfg, secrets=secrets, redis=redis, pg=pg, gate=gate,
+                keys=KeyCache(cfg, secrets, pg), providers=providers, session=session,
+                codec=ValueCodec(cfg.cache.compress_min_bytes),
+            )
+            app.state.cognitude = state
+            self.hot = {
+                "/v1/chat/completions": ProxyRoute(state, "chat", "/chat/completions", True),
+                "/v1/embeddings": ProxyRoute(state, "embeddings", "/embeddings", False),
+            }
+            yield
+        finally:
+            self.hot = {}
+            await session.close()
+            await redis.aclose()
+            await pg.close()
+
+
+def create_app(cfg: Config | None = None) -> CognitudeApp:
+    """uvicorn factory; reads the config (``COGNITUDE_CONFIG``) when none is given."""
+    return CognitudeApp(cfg if cfg is not None else config_mod.load())

@@ -1,0 +1,211 @@
+"""``cognitude`` commands: serve, migrate, mock-upstream.
+
+``serve`` on the embedded default starts Valkey and PostgreSQL as child processes (from the
+main thread: PR_SET_PDEATHSIG fires when the spawning *thread* exits), points the app at
+them through ``COGNITUDE_REDIS_URL`` / ``COGNITUDE_POSTGRES_DSN`` (so uvicorn's factory, in
+any number of workers, reads the same config), creates a development organization and key,
+and prints a request that works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from . import config as config_mod
+from . import db
+from .auth import create_org, new_key, store_key
+from .config import Config, ConfigError
+
+log = logging.getLogger("cognitude")
+
+DEV_ORG = "dev"
+DEV_KEY_FILE = "dev_api_key"
+
+
+def _fail(msg: str) -> int:
+    print(f"cognitude: {msg}", file=sys.stderr)
+    return 2
+
+
+async def _migrate(dsn: str) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await db.migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def ensure_dev_key(dsn: str, data_dir: Path) -> str:
+    """The development org's key: created once, kept (mode 0600) in the data dir."""
+    path = data_dir / DEV_KEY_FILE
+    key = path.read_text().strip() if path.exists() else new_key()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await db.migrate(conn)
+        await create_org(conn, "Development", DEV_ORG)
+        await store_key(conn, DEV_ORG, key, "dev")
+    finally:
+        await conn.close()
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+    return key
+
+
+def _banner(cfg: Config, key: str) -> str:
+    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    base = f"http://{host}:{cfg.server.port}"
+    model = next((m for p in cfg.providers for m in p.models), "gpt-4o-mini")
+    return f"""
+Cognitude is starting on {base}
+  development organization: {DEV_ORG}
+  development API key:      {key}
+
+Try it:
+  curl -s {base}/v1/chat/completions \\
+    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="{key}"); \\
+print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
+"""
+
+
+def _start_mock(cfg: Config) -> subprocess.Popen[bytes] | None:
+    """Start the bundled mock upstream for a provider named ``mock`` on its loopback port."""
+    prov = next((p for p in cfg.providers if p.name == "mock"), None)
+    if prov is None:
+        return None
+    url = urlsplit(prov.base_url)
+    if url.hostname not in ("127.0.0.1", "localhost"):
+        raise ConfigError(f"{cfg.source}: providers.mock.base_url: must be a loopback URL")
+    from .embedded import _child_preexec  # shared PDEATHSIG setup
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "cognitude.cli", "mock-upstream", "--port", str(url.port or 80)],
+        preexec_fn=_child_preexec,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.config:
+        config_mod.export_env({"CONFIG": args.config})
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    logging.basicConfig(level=cfg.server.log_level.upper() if cfg.server.log_level != "trace"
+                        else "DEBUG", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    services = None
+    mock = None
+    try:
+        if cfg.embedded_redis or cfg.embedded_postgres:
+            from .embedded import EmbeddedServices
+
+            data_dir = Path(cfg.data_dir)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            services = EmbeddedServices(
+                data_dir, redis=cfg.embedded_redis, postgres=cfg.embedded_postgres
+            )
+            services.start()
+            overrides = {}
+            if services.redis_url:
+                overrides["REDIS_URL"] = services.redis_url
+            if services.postgres_dsn:
+                overrides["POSTGRES_DSN"] = services.postgres_dsn
+            config_mod.export_env(overrides)
+            cfg = config_mod.load(args.config)
+            if services.postgres_dsn:
+                key = asyncio.run(ensure_dev_key(services.postgres_dsn, data_dir))
+                print(_banner(cfg, key), flush=True)
+        if args.with_mock:
+            mock = _start_mock(cfg)
+        import uvicorn
+
+        uvicorn.run(
+            "cognitude.app:create_app",
+            factory=True,
+            host=cfg.server.host,
+            port=cfg.server.port,
+            workers=cfg.server.workers,
+            loop="uvloop",
+            http="httptools",
+            log_level=cfg.server.log_level,
+            access_log=False,
+            # Our own headers say who answered; uvicorn's would cost bytes on every reply.
+            server_header=False,
+            date_header=False,
+        )
+    except ConfigError as exc:
+        return _fail(str(exc))
+    finally:
+        if mock is not None:
+            mock.terminate()
+            mock.wait(5)
+        if services is not None:
+            services.stop()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    services = None
+    dsn = cfg.postgres.dsn
+    if cfg.embedded_postgres:
+        from .embedded import EmbeddedServices
+
+        services = EmbeddedServices(Path(cfg.data_dir), redis=False, postgres=True)
+        services.start()
+        dsn = services.postgres_dsn or ""
+    try:
+        applied = asyncio.run(_migrate(dsn))
+    except (OSError, asyncpg.PostgresError) as exc:
+        return _fail(f"{cfg.source}: postgres.dsn: migration failed: {type(exc).__name__}: {exc}")
+    finally:
+        if services is not None:
+            services.stop()
+    print(f"applied migrations: {applied or 'none (up to date)'}")
+    return 0
+
+
+def cmd_mock_upstream(args: argparse.Namespace) -> int:
+    from .mock_upstream import serve
+
+    serve(host="127.0.0.1", port=args.port, latency_ms=args.latency_ms)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cognitude", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the proxy")
+    p.add_argument("--config", help="config file (default: $COGNITUDE_CONFIG or ./config.toml)")
+    p.add_argument("--with-mock", action="store_true",
+                   help="also start the bundled mock upstream for [providers.mock]")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("migrate", help="apply SQL migrations")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_migrate)
+    p = sub.add_parser("mock-upstream", help="run the bundled fake OpenAI server")
+    p.add_argument("--port", type=int, default=9100)
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.set_defaults(func=cmd_mock_upstream)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

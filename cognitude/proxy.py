@@ -1,0 +1,408 @@
+"""The hot route: ``POST /v1/chat/completions`` (and ``/v1/embeddings``) as raw ASGI.
+
+Per request: read the body under the size cap, resolve the key from the in-process cache,
+parse with orjson, resolve the model, then ONE Redis round trip (``Gate.check``: three
+sliding windows + cache GET). Denied → 429; hit → the stored bytes (or SSE replay);
+miss → the upstream over the pooled aiohttp session, streamed through chunk by chunk.
+The cache write-back happens after the response is complete.
+
+Starlette is not used here: measured 2 µs for a raw ASGI callable vs 12 µs for a
+Starlette ``Route`` (DESIGN §9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from time import perf_counter
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from . import cache_key, sse
+from .auth import token_from_headers
+from .errors import (
+    AuthenticationError,
+    InvalidRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ProxyError,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamError,
+)
+from .gate import GateResult
+from .state import AppState
+from .upstream import error_from_upstream, map_upstream_errors
+
+log = logging.getLogger("cognitude.proxy")
+
+JSON_CT = (b"content-type", b"application/json")
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    # Tell nginx-style buffers in front of us not to hold chunks back.
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class ClientGone(Exception):
+    """The client disconnected before we answered; nothing to send."""
+
+
+async def read_body(receive: Any, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    msg = await receive()
+    if msg["type"] == "http.disconnect":
+        raise ClientGone
+    body = msg.get("body", b"")
+    if not msg.get("more_body"):
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = msg.get("body", b"")
+        parts.append(chunk)
+        size += len(chunk)
+        if not msg.get("more_body"):
+            break
+    if size > limit:
+        raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+    return b"".join(parts)
+
+
+def _ms(seconds: float) -> bytes:
+    return f"{seconds * 1000:.3f}".encode()
+
+
+def _timing(gate: float, upstream: float, total: float) -> tuple[bytes, bytes]:
+    return (
+        b"server-timing",
+        b"gate;dur=" + _ms(gate) + b", upstream;dur=" + _ms(upstream) + b", total;dur=" + _ms(total),
+    )
+
+
+def _limit_headers(g: GateResult | None) -> list[tuple[bytes, bytes]]:
+    if g is None:
+        return []
+    return [
+        (b"x-ratelimit-limit", str(g.limit).encode()),
+        (b"x-ratelimit-remaining", str(g.remaining).encode()),
+        (b"x-ratelimit-reset", str(g.reset_s).encode()),
+    ]
+
+
+async def send_error(send: Any, exc: ProxyError, headers: list[tuple[bytes, bytes]]) -> None:
+    body = exc.body()
+    await send({
+        "type": "http.response.start",
+        "status": exc.status_code,
+        "headers": [JSON_CT, (b"content-length", str(len(body)).encode()), *headers,
+                    *exc.headers],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+class Request:
+    """What the route learned about one request; also the seed of its usage record."""
+
+    __slots__ = ("rid", "t0", "body", "doc", "org_id", "key_id", "model", "provider",
+                 "stream", "cache_status", "gate_s", "upstream_s", "status")
+
+    def __init__(self, rid: str, t0: float) -> None:
+        self.rid = rid
+        self.t0 = t0
+        self.cache_status = b"BYPASS"
+        self.gate_s = 0.0
+        self.upstream_s = 0.0
+        self.status = 0
+        self.stream = False
+
+
+class ProxyRoute:
+    """One OpenAI endpoint proxied through gate, cache and upstream."""
+
+    def __init__(self, state: AppState, endpoint: str, upstream_path: str,
+                 streamable: bool) -> None:
+        self.state = state
+        self.endpoint = endpoint  # cache namespace: "chat" | "embeddings"
+        self.upstream_path = upstream_path
+        self.streamable = streamable
+        cfg = state.cfg
+        self.max_body = cfg.server.max_body_bytes
+        self.cache_enabled = cfg.cache.enabled
+        self.only_deterministic = cfg.cache.only_deterministic
+        self.default_ttl = cfg.cache.ttl_s
+        self.max_ttl = cfg.cache.max_ttl_s
+        self.count_hits = cfg.rate_limits.count_cache_hits
+        self.fail_open = cfg.redis.fail_open
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        req = Request(os.urandom(12).hex(), perf_counter())
+        started = False
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"Method {scope['method']} not allowed; use POST.",
+                                       headers=[(b"allow", b"POST")])
+            await self._handle(scope, receive, tracked_send, req)
+        except ClientGone:
+            return
+        except ProxyError as exc:
+            req.status = exc.status_code
+            if started:
+                return  # mid-stream errors were already written as an SSE error event
+            await send_error(send, exc, [(b"x-request-id", req.rid.encode())])
+        except Exception:
+            # Outermost boundary of the hot route: an unexpected bug must still answer in
+            # OpenAI JSON (uvicorn's default 500 is plain text) and be logged with its trace.
+            log.exception("unhandled error in %s", scope.get("path"))
+            req.status = 500
+            if not started:
+                await send_error(send, ProxyError("Internal server error.", code="internal_error"),
+                                 [(b"x-request-id", req.rid.encode())])
+
+    async def _handle(self, scope: dict, receive: Any, send: Any, req: Request) -> None:
+        state = self.state
+        authorization = x_api_key = cache_control = ttl_header = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-api-key":
+                x_api_key = value
+            elif name == b"content-length":
+                if value.isdigit() and int(value) > self.max_body:
+                    raise PayloadTooLarge(f"Request body exceeds {self.max_body} bytes.")
+            elif name == b"cache-control":
+                cache_control = value.lower()
+            elif name == b"x-cognitude-cache-ttl":
+                ttl_header = value
+
+        token = token_from_headers(authorization, x_api_key)
+        if token is None:
+            raise AuthenticationError(
+                "Missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+            )
+        body = await read_body(receive, self.max_body)
+        info = await state.keys.resolve(token)
+        if info is None:
+            raise AuthenticationError("Invalid API key.")
+        doc = _parse(body, self.endpoint)
+        model = doc["model"]
+        provider = state.providers.resolve(model)
+        req.stream = stream = self.streamable and doc.get("stream") is True
+
+        # Cache policy from config and the request's own headers.
+        read_cache = write_cache = self.cache_enabled
+        ttl = self.default_ttl
+        if read_cache and self.only_deterministic and not cache_key.is_deterministic(doc):
+            read_cache = write_cache = False
+        if cache_control is not None:
+            if b"no-store" in cache_control:
+                write_cache = False
+            if b"no-cache" in cache_control:
+                read_cache = False
+        if ttl_header is not None:
+            ttl = _parse_ttl(ttl_header, self.max_ttl)
+            if ttl == 0:
+                write_cache = False
+        ckey = (cache_key.redis_key(info.org_id, self.endpoint, doc)
+                if read_cache or write_cache else None)
+
+        # The one round trip: limits + cache lookup.
+        g0 = perf_counter()
+        gate: GateResult | None
+        try:
+            gate = await state.gate.check(
+                info.org_id, info.limits, ckey if read_cache else None,
+                count_hits=self.count_hits,
+            )
+        except (RedisError, OSError) as exc:
+            if not self.fail_open:
+                raise ServiceUnavailable("Rate limiter unavailable; try again shortly.") from None
+            log.warning("redis unavailable, failing open: %s", type(exc).__name__)
+            gate = None
+            read_cache = write_cache = False
+        req.gate_s = perf_counter() - g0
+        limit_headers = _limit_headers(gate)
+        rid_header = (b"x-request-id", req.rid.encode())
+
+        if gate is not None and not gate.allowed:
+            retry = str(gate.retry_after_s).encode()
+            raise RateLimited(
+                f"Rate limit reached for your organization ({gate.limit} requests in the "
+                f"tightest window). Retry after {gate.retry_after_s} s.",
+                headers=[(b"retry-after", retry), *limit_headers],
+            )
+
+        common = [
+            (b"x-cognitude-model", model.encode()),
+            (b"x-cognitude-provider", provider.name_header),
+            rid_header,
+            *limit_headers,
+        ]
+
+        if gate is not None and gate.cached is not None:
+            stored = state.codec.decode(gate.cached)
+            if stored is not None:
+                req.cache_status = b"HIT"
+                await self._send_hit(send, req, doc, stored, common)
+                return
+        if read_cache:
+            req.cache_status = b"MISS"
+
+        url = provider.base_url + self.upstream_path
+        u0 = perf_counter()
+        with map_upstream_errors(provider.name):
+            async with state.session.post(url, data=body, headers=provider.headers) as resp:
+                if resp.status != 200:
+                    err_body = await resp.read()
+                    req.upstream_s = perf_counter() - u0
+                    exc = error_from_upstream(provider, resp.status, err_body,
+                                              resp.headers.get("retry-after"))
+                    exc.headers.extend(common)
+                    raise exc
+                if stream:
+                    req.upstream_s = perf_counter() - u0
+                    acc = await self._pipe_stream(send, receive, req, resp, common,
+                                                  provider.name)
+                    if write_cache and acc is not None and acc.cacheable:
+                        await self._write_back(ckey, acc.completion(), ttl)
+                    return
+                data = await resp.read()
+        req.upstream_s = perf_counter() - u0
+        req.status = 200
+        total = perf_counter() - req.t0
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                JSON_CT, (b"content-length", str(len(data)).encode()),
+                (b"x-cognitude-cache", req.cache_status), *common,
+                _timing(req.gate_s, req.upstream_s, total),
+            ],
+        })
+        await send({"type": "http.response.body", "body": data})
+        if write_cache:
+            await self._write_back(ckey, data, ttl)
+
+    async def _send_hit(self, send: Any, req: Request, doc: dict, stored: bytes,
+                        common: list[tuple[bytes, bytes]]) -> None:
+        req.status = 200
+        timing = _timing(req.gate_s, 0.0, perf_counter() - req.t0)
+        if not req.stream:
+            await send({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [JSON_CT, (b"content-length", str(len(stored)).encode()),
+                            (b"x-cognitude-cache", b"HIT"), *common, timing],
+            })
+            await send({"type": "http.response.body", "body": stored})
+            return
+        opts = doc.get("stream_options")
+        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        events = sse.replay(stored, include_usage)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*SSE_HEADERS, (b"x-cognitude-cache", b"HIT"), *common, timing]})
+        await send({"type": "http.response.body", "body": b"".join(events)})
+
+    async def _pipe_stream(self, send: Any, receive: Any, req: Request, resp: Any,
+                           common: list[tuple[bytes, bytes]],
+                           provider: str) -> sse.StreamAccumulator | None:
+        """Pass SSE through chunk by chunk; stop reading upstream if the client leaves."""
+        acc = sse.StreamAccumulator()
+        timing = _timing(req.gate_s, req.upstream_s, perf_counter() - req.t0)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*SSE_HEADERS, (b"x-cognitude-cache", req.cache_status),
+                                *common, timing]})
+        req.status = 200
+        # uvicorn drops sends to a gone client silently; the only signal is receive()
+        # returning http.disconnect, so watch it while the stream runs.
+        gone = asyncio.ensure_future(receive())
+        try:
+            try:
+                with map_upstream_errors(provider):
+                    async for chunk in resp.content.iter_any():
+                        if gone.done():
+                            resp.close()  # aborts the upstream request: no tokens wasted
+                            return None
+                        acc.feed(chunk)
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
+            except UpstreamError as exc:
+                await _stream_error(send, exc)
+                return None
+            await send({"type": "http.response.body", "body": b""})
+            return acc
+        finally:
+            gone.cancel()
+
+    async def _write_back(self, key: str | None, data: bytes, ttl: int) -> None:
+        """Store a response after it was sent; a Redis failure only costs a future hit."""
+        if key is None:
+            return
+        try:
+            await self.state.redis.set(key, self.state.codec.encode(data), ex=ttl)
+        except (RedisError, OSError) as exc:
+            log.warning("cache write-back failed: %s", type(exc).__name__)
+
+
+async def _stream_error(send: Any, exc: ProxyError) -> None:
+    """Headers are out already: end the stream with an error event the OpenAI SDK raises on."""
+    await send({"type": "http.response.body",
+                "body": b"data: " + exc.body() + b"\n\n", "more_body": False})
+
+
+def _parse(body: bytes, endpoint: str) -> dict:
+    if not body:
+        raise InvalidRequest("Request body is empty; expected a JSON object.")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("`model` is required and must be a non-empty string.",
+                             param="model")
+    if endpoint == "chat":
+        messages = doc.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("`messages` is required and must be a non-empty array.",
+                                 param="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise InvalidRequest(f"`messages[{i}]` must be an object with a string `role`.",
+                                     param=f"messages[{i}]")
+        stream = doc.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            raise InvalidRequest("`stream` must be a boolean.", param="stream")
+    elif "input" not in doc:
+        raise InvalidRequest("`input` is required.", param="input")
+    return doc
+
+
+def _parse_ttl(value: bytes, max_ttl: int) -> int:
+    if not value.strip().isdigit():
+        raise InvalidRequest("X-Cognitude-Cache-TTL must be a whole number of seconds.",
+                             param="X-Cognitude-Cache-TTL")
+    ttl = int(value)
+    if ttl > max_ttl:
+        raise InvalidRequest(f"X-Cognitude-Cache-TTL must be at most {max_ttl} seconds.",
+                             param="X-Cognitude-Cache-TTL")
+    return ttl

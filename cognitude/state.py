@@ -1,0 +1,28 @@
+"""The resources the lifespan creates and every route shares, typed in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+
+from .auth import KeyCache
+from .cache_key import ValueCodec
+from .config import Config, Secrets
+from .gate import Gate
+from .upstream import Providers
+
+
+@dataclass(slots=True)
+class AppState:
+    cfg: Config
+    secrets: Secrets
+    redis: aioredis.Redis
+    pg: asyncpg.Pool | None
+    gate: Gate
+    keys: KeyCache
+    providers: Providers
+    session: aiohttp.ClientSession
+    codec: ValueCodec

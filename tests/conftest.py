@@ -1,0 +1,295 @@
+"""Shared fixtures: private Valkey + PostgreSQL from the embedded launcher, the mock upstream
+served over HTTP, and ``cognitude serve`` running as a real subprocess against them.
+
+Nothing here touches the machine's shared Redis/Postgres: every server is started on a free
+loopback port under the test session's temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from cognitude import db
+from cognitude.auth import create_org, new_key, store_key
+from cognitude.embedded import EmbeddedServices
+from cognitude.mock_upstream import MockUpstream
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServices]:
+    svc = EmbeddedServices(tmp_path_factory.mktemp("embedded"), fast=True)
+    svc.start()
+    asyncio.run(_migrate(svc.postgres_dsn or ""))
+    yield svc
+    svc.stop()
+
+
+async def _migrate(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await db.migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: EmbeddedServices) -> str:
+    assert services.redis_url
+    return services.redis_url
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(services: EmbeddedServices) -> str:
+    assert services.postgres_dsn
+    return services.postgres_dsn
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> Any:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def mock_server() -> Iterator[MockUpstream]:
+    with MockUpstream() as m:
+        yield m
+
+
+@pytest.fixture
+def mock(mock_server: MockUpstream) -> MockUpstream:
+    mock_server.reset()
+    mock_server.configure(latency_ms=0, chunk_delay_ms=0)
+    return mock_server
+
+
+@dataclass
+class Org:
+    org_id: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+async def make_org(dsn: str, *, rpm: int | None = None, rph: int | None = None,
+                   rpd: int | None = None, name: str = "test") -> Org:
+    """A fresh organization with one key (and per-org limits when given), straight in SQL."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        org_id = await create_org(conn, name)
+        key = new_key()
+        await store_key(conn, org_id, key, "test")
+        if rpm or rph or rpd:
+            await conn.execute(
+                "INSERT INTO rate_limit_configs (org_id, requests_per_minute, requests_per_hour,"
+                " requests_per_day) VALUES ($1, $2, $3, $4)", org_id, rpm, rph, rpd)
+    finally:
+        await conn.close()
+    return Org(org_id, key)
+
+
+@pytest.fixture
+def org_factory(pg_dsn: str) -> Callable[..., Any]:
+    async def factory(**kw: Any) -> Org:
+        return await make_org(pg_dsn, **kw)
+    return factory
+
+
+@dataclass
+class Proxy:
+    url: str
+    proc: subprocess.Popen[bytes]
+    config_path: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def write_config(path: Path, *, redis_url: str, pg_dsn: str, upstream_url: str, port: int,
+                 extra: str = "") -> None:
+    path.write_text(f"""
+data_dir = "{path.parent / 'data'}"
+[server]
+port = {port}
+max_body_bytes = 65536
+log_level = "warning"
+[redis]
+url = "{redis_url}"
+socket_timeout_ms = 500
+[postgres]
+dsn = "{pg_dsn}"
+[cache]
+compress_min_bytes = 400
+[upstream]
+connect_timeout_s = 2.0
+read_timeout_s = 2.0
+[providers.mock]
+base_url = "{upstream_url}/v1"
+api_key_env = "MOCK_PROVIDER_KEY"
+models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+{extra}
+""")
+
+
+def start_proxy(tmp: Path, *, redis_url: str, pg_dsn: str, upstream_url: str,
+                extra: str = "", env: dict[str, str] | None = None) -> Proxy:
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cfg = tmp / "config.toml"
+    write_config(cfg, redis_url=redis_url, pg_dsn=pg_dsn, upstream_url=upstream_url,
+                 port=port, extra=extra)
+    log_path = tmp / "proxy.log"
+    full_env = {**os.environ, "MOCK_PROVIDER_KEY": "sk-mock-provider-secret-123",
+                **(env or {})}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cognitude.cli", "serve", "--config", str(cfg)],
+            stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp,
+        )
+    proxy = Proxy(f"http://127.0.0.1:{port}", proc, cfg, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {proc.returncode}:\n{proxy.log()}")
+        try:
+            if httpx.get(proxy.url + "/health", timeout=0.5).status_code == 200:
+                return proxy
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    stop_proxy(proxy)
+    raise RuntimeError(f"proxy did not become healthy:\n{proxy.log()}")
+
+
+def stop_proxy(proxy: Proxy) -> None:
+    if proxy.proc.poll() is None:
+        proxy.proc.send_signal(signal.SIGTERM)
+        try:
+            proxy.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proxy.proc.kill()
+            proxy.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def proxy(tmp_path_factory: pytest.TempPathFactory, redis_url: str, pg_dsn: str,
+          mock_server: MockUpstream) -> Iterator[Proxy]:
+    """The shared proxy under test (default config, pointed at the private servers)."""
+    p = start_proxy(tmp_path_factory.mktemp("proxy"), redis_url=redis_url, pg_dsn=pg_dsn,
+                    upstream_url=mock_server.url)
+    yield p
+    stop_proxy(p)
+
+
+@pytest.fixture
+def proxy_factory(tmp_path: Path, redis_url: str, pg_dsn: str,
+                  mock_server: MockUpstream) -> Iterator[Callable[..., Proxy]]:
+    """Extra proxies with their own config for one test; stopped at its end."""
+    started: list[Proxy] = []
+
+    def factory(extra: str = "", **kw: Any) -> Proxy:
+        kw.setdefault("redis_url", redis_url)
+        kw.setdefault("pg_dsn", pg_dsn)
+        kw.setdefault("upstream_url", mock_server.url)
+        p = start_proxy(tmp_path / f"proxy{len(started)}", extra=extra, **kw)
+        started.append(p)
+        return p
+
+    yield factory
+    for p in started:
+        stop_proxy(p)
+
+
+@pytest.fixture
+async def client(proxy: Proxy) -> Any:
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as c:
+        yield c
+
+
+class CommandMonitor:
+    """Client-issued Redis commands seen through MONITOR (commands run inside Lua excluded)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.lines: list[str] = []
+
+    async def __aenter__(self) -> CommandMonitor:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.redis_url)
+        self._reader, self._writer = await asyncio.open_connection(u.hostname, u.port)
+        self._writer.write(b"MONITOR\r\n")
+        await self._writer.drain()
+        assert (await self._reader.readline()).startswith(b"+OK")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # Drain what arrived; MONITOR lines are "+<ts> [<db> <client>] "CMD" ..." .
+        while True:
+            try:
+                line = await asyncio.wait_for(self._reader.readline(), 0.3)
+            except TimeoutError:
+                break
+            if not line:
+                break
+            self.lines.append(line.decode(errors="replace").strip())
+        self._writer.close()
+        await self._writer.wait_closed()
+
+    @property
+    def commands(self) -> list[str]:
+        out = []
+        for line in self.lines:
+            if " lua]" in line:
+                continue  # executed by a script, not a round trip
+            parts = line.split('"')
+            if len(parts) > 1:
+                out.append(parts[1].lower())
+        return out
+
+
+def chat(content: str = "Hello!", model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def assert_openai_error(resp: httpx.Response, status: int, type_: str | None = None,
+                        code: str | None = None) -> dict[str, Any]:
+    """The response is ``status`` with an OpenAI error body; returns the error object."""
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"]
+    if type_ is not None:
+        assert err["type"] == type_, err
+    if code is not None:
+        assert err["code"] == code, err
+    return err
