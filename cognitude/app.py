@@ -83,7 +83,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def _state(request: Request) -> AppState:
-    return request.app.state.cognitude  # type: ignore[no-any-return]
+    return request.app.state.cognitude
 
 
 async def health(request: Request) -> Response:

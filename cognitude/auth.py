@@ -128,7 +128,8 @@ class KeyCache:
 
 async def create_org(conn: asyncpg.Connection, name: str, org_id: str | None = None) -> str:
     if org_id is None:
-        return await conn.fetchval("INSERT INTO organizations (name) VALUES ($1) RETURNING id", name)
+        sql = "INSERT INTO organizations (name) VALUES ($1) RETURNING id"
+        return str(await conn.fetchval(sql, name))
     await conn.execute(
         "INSERT INTO organizations (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
         org_id,

@@ -62,6 +62,37 @@ async def ensure_dev_key(dsn: str, data_dir: Path) -> str:
     return key
 
 
+async def preflight(cfg: Config) -> None:
+    """Check at start what would otherwise fail inside uvicorn's lifespan with a traceback:
+    secrets, providers, Postgres (and migrations), Redis. Raises ConfigError naming the key."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from .upstream import Providers
+
+    Providers(cfg, config_mod.read_secrets(cfg))
+    try:
+        conn = await asyncpg.connect(cfg.postgres.dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise ConfigError(f"{cfg.source}: postgres.dsn: cannot connect to Postgres: "
+                          f"{type(exc).__name__}: {exc}") from None
+    try:
+        if cfg.postgres.auto_migrate:
+            await db.migrate(conn)
+    finally:
+        await conn.close()
+    client = aioredis.Redis.from_url(cfg.redis.url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        if not cfg.redis.fail_open:
+            raise ConfigError(f"{cfg.source}: redis.url: cannot reach Redis: {exc}") from None
+        log.warning("redis unreachable at start (%s); serving without limits and cache "
+                    "until it is back (redis.fail_open = true)", exc)
+    finally:
+        await client.aclose()
+
+
 def _banner(cfg: Config, key: str) -> str:
     host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
     base = f"http://{host}:{cfg.server.port}"
@@ -128,6 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if services.postgres_dsn:
                 key = asyncio.run(ensure_dev_key(services.postgres_dsn, data_dir))
                 print(_banner(cfg, key), flush=True)
+        asyncio.run(preflight(cfg))
         if args.with_mock:
             mock = _start_mock(cfg)
         import uvicorn

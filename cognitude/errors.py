@@ -135,8 +135,13 @@ class UpstreamHTTPError(UpstreamError):
         return self._body
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> bytes:
+    """The OpenAI error envelope; the SDK maps the HTTP status to its exception classes."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
 
 
 STATUS_ERRORS: dict[int, type[ProxyError]] = {

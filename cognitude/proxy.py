@@ -87,7 +87,8 @@ def _ms(seconds: float) -> bytes:
 def _timing(gate: float, upstream: float, total: float) -> tuple[bytes, bytes]:
     return (
         b"server-timing",
-        b"gate;dur=" + _ms(gate) + b", upstream;dur=" + _ms(upstream) + b", total;dur=" + _ms(total),
+        b"gate;dur=" + _ms(gate) + b", upstream;dur=" + _ms(upstream)
+        + b", total;dur=" + _ms(total),
     )
 
 
@@ -272,10 +273,10 @@ class ProxyRoute:
                 if resp.status != 200:
                     err_body = await resp.read()
                     req.upstream_s = perf_counter() - u0
-                    exc = error_from_upstream(provider, resp.status, err_body,
+                    err = error_from_upstream(provider, resp.status, err_body,
                                               resp.headers.get("retry-after"))
-                    exc.headers.extend(common)
-                    raise exc
+                    err.headers.extend(common)
+                    raise err
                 if stream:
                     req.upstream_s = perf_counter() - u0
                     acc = await self._pipe_stream(send, receive, req, resp, common,

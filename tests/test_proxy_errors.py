@@ -213,5 +213,15 @@ async def test_redis_down_fail_closed_refuses_to_start(proxy_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
-    with pytest.raises(RuntimeError, match="redis.url: cannot reach Redis"):
+    with pytest.raises(RuntimeError, match="redis.url: cannot reach Redis") as info:
         proxy_factory(redis_url=dead, env={"COGNITUDE_REDIS_FAIL_OPEN": "false"})
+    assert "Traceback" not in str(info.value)
+
+
+async def test_postgres_unreachable_refuses_to_start_clearly(proxy_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"postgresql://cognitude@127.0.0.1:{s.getsockname()[1]}/cognitude"
+    with pytest.raises(RuntimeError, match="postgres.dsn: cannot connect to Postgres") as info:
+        proxy_factory(pg_dsn=dead)
+    assert "Traceback" not in str(info.value)
