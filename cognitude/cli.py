@@ -13,8 +13,11 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -122,10 +125,28 @@ def _start_mock(cfg: Config) -> subprocess.Popen[bytes] | None:
         raise ConfigError(f"{cfg.source}: providers.mock.base_url: must be a loopback URL")
     from .embedded import _child_preexec  # shared PDEATHSIG setup
 
-    return subprocess.Popen(
-        [sys.executable, "-m", "cognitude.cli", "mock-upstream", "--port", str(url.port or 80)],
+    port = url.port or 80
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cognitude.cli", "mock-upstream", "--port", str(port)],
         preexec_fn=_child_preexec,
     )
+    # Wait until it accepts connections, so the first request after the banner works.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(f"{cfg.source}: providers.mock.base_url: the mock upstream "
+                              f"exited with {proc.returncode} (is port {port} taken?)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise ConfigError(f"{cfg.source}: providers.mock.base_url: mock upstream did not start")
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -160,6 +181,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 key = asyncio.run(ensure_dev_key(services.postgres_dsn, data_dir))
                 print(_banner(cfg, key), flush=True)
         asyncio.run(preflight(cfg))
+        # uvicorn shuts down gracefully on SIGTERM, restores the previous handler and
+        # re-raises the signal; with the default handler the process would die right there,
+        # skipping the clean stop of the embedded servers below. Exit through `finally`.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         if args.with_mock:
             mock = _start_mock(cfg)
         import uvicorn
