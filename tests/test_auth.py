@@ -76,3 +76,21 @@ async def test_static_key_env_missing_refuses_start(proxy_factory):
     with pytest.raises(RuntimeError, match="SIDECAR_MISSING is not set") as info:
         proxy_factory('[[auth.static_keys]]\norg = "x"\nkey_env = "SIDECAR_MISSING"\n')
     assert "Traceback" not in str(info.value)
+
+
+def test_cognitude_migrate_command(pg_dsn, tmp_path):
+    """`cognitude migrate` against a real DSN: applies nothing twice, says so."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COGNITUDE_POSTGRES_DSN": pg_dsn, "COGNITUDE_REDIS_URL": "redis://x:1"}
+    p = subprocess.run([sys.executable, "-m", "cognitude.cli", "migrate"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "up to date" in p.stdout
+    env["COGNITUDE_POSTGRES_DSN"] = pg_dsn.rsplit("/", 1)[0] + "/no_such_db"
+    p = subprocess.run([sys.executable, "-m", "cognitude.cli", "migrate"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "postgres.dsn: migration failed" in p.stderr and "Traceback" not in p.stderr
