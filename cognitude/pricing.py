@@ -1,0 +1,172 @@
+"""Model price catalog: what a request cost, in integer micro-USD.
+
+Prices come from the packaged ``prices.toml`` (public list prices, USD per million tokens),
+optionally overridden per model from config. They are stored as integers: micro-USD per
+million tokens (``$0.15/M`` → ``150_000``). A request's exact cost in micro-USD is then
+
+    (prompt_tokens * input + completion_tokens * output) / 1_000_000
+
+computed with Python ints (no float at any point) and rounded half up once, at the end:
+``(numerator + 500_000) // 1_000_000``. Rounding per side or per token would drift; floats
+would not be exact for prices such as 0.15. Prices with more than 6 decimal places are
+rejected instead of being silently rounded.
+
+Unknown models cost ``None`` (recorded as NULL, never guessed) and are logged once per name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from typing import Any
+
+log = logging.getLogger("cognitude.pricing")
+
+TIERS = ("economy", "standard", "premium")
+FIELDS = ("provider", "input_per_mtok", "output_per_mtok", "context_window", "tier")
+PRICE_SCALE = 1_000_000  # micro-USD per USD
+_HALF = PRICE_SCALE // 2
+# Dated snapshots and aliases price like their base model unless listed themselves:
+# gpt-4o-mini-2024-07-18, claude-3-5-sonnet-20241022, claude-3-5-sonnet-latest.
+_SNAPSHOT_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+# Bounds on the per-name memo and the "already logged" set: model names arrive from
+# upstream responses, so a misbehaving provider must not grow them without limit.
+_MAX_MEMO = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    model: str
+    provider: str
+    input_micros_per_mtok: int  # micro-USD per 1M input tokens
+    output_micros_per_mtok: int  # micro-USD per 1M output tokens
+    context_window: int
+    tier: str
+
+    def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
+        numerator = (prompt_tokens * self.input_micros_per_mtok
+                     + completion_tokens * self.output_micros_per_mtok)
+        return (numerator + _HALF) // PRICE_SCALE
+
+
+class PriceCatalog:
+    """Validated, immutable prices plus a small memo of name → price resolutions."""
+
+    __slots__ = ("_prices", "_memo", "_logged_unknown")
+
+    def __init__(self, prices: Mapping[str, ModelPrice]) -> None:
+        self._prices = dict(prices)
+        self._memo: dict[str, ModelPrice | None] = {}
+        self._logged_unknown: set[str] = set()
+
+    def __contains__(self, model: object) -> bool:
+        return isinstance(model, str) and self.get(model) is not None
+
+    def __len__(self) -> int:
+        return len(self._prices)
+
+    def models(self) -> tuple[str, ...]:
+        return tuple(sorted(self._prices))
+
+    def get(self, model: str) -> ModelPrice | None:
+        """The price of ``model`` (exact name, else its undated base name), or None."""
+        try:
+            return self._memo[model]
+        except KeyError:
+            pass
+        price = self._prices.get(model)
+        if price is None:
+            base = _SNAPSHOT_SUFFIX.sub("", model)
+            price = self._prices.get(base) if base != model else None
+        if len(self._memo) >= _MAX_MEMO:
+            self._memo.clear()  # rare; a cleared entry costs one regex
+        self._memo[model] = price
+        return price
+
+    def cost_micros(self, model: str, prompt_tokens: int, completion_tokens: int) -> int | None:
+        """Exact integer micro-USD for the tokens, or None for a model without a price."""
+        price = self.get(model)
+        if price is None:
+            self._log_unknown(model)
+            return None
+        return price.cost_micros(prompt_tokens, completion_tokens)
+
+    def _log_unknown(self, model: str) -> None:
+        if model in self._logged_unknown:
+            return
+        if len(self._logged_unknown) >= _MAX_MEMO:
+            return  # already said plenty; don't let the set grow without bound
+        self._logged_unknown.add(model)
+        log.warning("no price for model %r: its usage is recorded with cost NULL"
+                    " (add it to the price overrides in config.toml)", model)
+
+
+def load_catalog(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PriceCatalog:
+    """The packaged catalog with ``overrides`` applied (a partial entry patches a shipped model;
+    a new model needs every field). Raises ValueError naming the model and field at fault."""
+    text = resources.files("cognitude").joinpath("prices.toml").read_text(encoding="utf-8")
+    # parse_float=Decimal: "0.15" must stay exactly 0.15, not the nearest binary float.
+    raw = tomllib.loads(text, parse_float=Decimal).get("models", {})
+    entries: dict[str, dict[str, Any]] = {name: dict(e) for name, e in raw.items()}
+    for name, patch in (overrides or {}).items():
+        if not isinstance(patch, Mapping):
+            raise ValueError(f"price for model {name!r}: expected a table of fields")
+        entries[name] = {**entries.get(name, {}), **patch}
+    return PriceCatalog({name: _parse_entry(name, e) for name, e in entries.items()})
+
+
+def _bad(model: str, field: str, why: str) -> ValueError:
+    return ValueError(f"price for model {model!r}: field {field!r} {why}")
+
+
+def _parse_entry(model: str, entry: Mapping[str, Any]) -> ModelPrice:
+    def bad(field: str, why: str) -> ValueError:
+        return _bad(model, field, why)
+
+    for key in entry:
+        if key not in FIELDS:
+            raise bad(key, f"is unknown (expected one of {', '.join(FIELDS)})")
+    for key in FIELDS:
+        if key not in entry:
+            raise bad(key, "is missing")
+    provider = entry["provider"]
+    if not isinstance(provider, str) or not provider:
+        raise bad("provider", "must be a non-empty string")
+    tier = entry["tier"]
+    if tier not in TIERS:
+        raise bad("tier", f"must be one of {', '.join(TIERS)}, got {tier!r}")
+    window = entry["context_window"]
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise bad("context_window", f"must be a positive integer, got {window!r}")
+    return ModelPrice(
+        model=model,
+        provider=provider,
+        input_micros_per_mtok=_to_micros(entry, model, "input_per_mtok"),
+        output_micros_per_mtok=_to_micros(entry, model, "output_per_mtok"),
+        context_window=window,
+        tier=tier,
+    )
+
+
+def _to_micros(entry: Mapping[str, Any], model: str, field: str) -> int:
+    """USD (per million tokens) → integer micro-USD, exactly, or ValueError with the reason."""
+    value = entry[field]
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        raise _bad(model, field, f"must be a number, got {value!r}")
+    try:
+        # str() first: a float from config.toml (0.15) becomes Decimal("0.15"), its shortest
+        # repr, not its binary expansion 0.1499999999999999944488848768742172978818416595...
+        usd = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation:
+        raise _bad(model, field, f"must be a number, got {value!r}") from None
+    if not usd.is_finite() or usd < 0:
+        raise _bad(model, field, f"must be a finite number >= 0, got {value!r}")
+    micros = usd * PRICE_SCALE
+    if micros != micros.to_integral_value():
+        raise _bad(model, field, f"has more than 6 decimal places: {value!r}")
+    return int(micros)
