@@ -145,8 +145,17 @@ def _start_mock(cfg: Config) -> subprocess.Popen[bytes] | None:
     raise ConfigError(f"{cfg.source}: providers.mock.base_url: mock upstream did not start")
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def _exit(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _exit_cleanly_on_signals() -> None:
+    """uvicorn shuts down gracefully on SIGTERM/SIGINT, then restores the previous handler
+    and re-raises the signal. With the default handlers the process would die right there
+    (SIGTERM) or print a KeyboardInterrupt traceback (Ctrl-C), skipping the clean stop of the
+    embedded servers. With these it leaves through ``finally`` with exit status 0."""
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -181,10 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 key = asyncio.run(ensure_dev_key(services.postgres_dsn, data_dir))
                 print(_banner(cfg, key), flush=True)
         asyncio.run(preflight(cfg))
-        # uvicorn shuts down gracefully on SIGTERM, restores the previous handler and
-        # re-raises the signal; with the default handler the process would die right there,
-        # skipping the clean stop of the embedded servers below. Exit through `finally`.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        _exit_cleanly_on_signals()
         if args.with_mock:
             mock = _start_mock(cfg)
         import uvicorn
@@ -241,6 +247,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     from .mock_upstream import serve
 
+    _exit_cleanly_on_signals()
     serve(host="127.0.0.1", port=args.port, latency_ms=args.latency_ms)
     return 0
 
