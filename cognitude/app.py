@@ -7,9 +7,10 @@ created at import time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -24,7 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import config as config_mod
-from . import db
+from . import db, tokens
+from .accounting import Accountant
 from .auth import KeyCache, create_org, token_from_headers
 from .cache_key import ValueCodec
 from .config import Config
@@ -36,9 +38,11 @@ from .errors import (
     for_status,
 )
 from .gate import Gate
+from .pricing import load_catalog
 from .proxy import ProxyRoute
 from .state import AppState
 from .upstream import Providers, create_session
+from .usage import UsageWriter
 
 log = logging.getLogger("cognitude")
 
@@ -180,10 +184,24 @@ class CognitudeApp:
         pg = await _open_postgres(cfg)
         redis = _redis_client(cfg)
         session = create_session(cfg)
+        stack = AsyncExitStack()
         try:
             async with pg.acquire() as conn:
                 for sk in cfg.auth.static_keys:
                     await create_org(conn, sk.org, sk.org)
+            writer = UsageWriter(
+                pg, flush_rows=cfg.usage.flush_rows, flush_interval_ms=cfg.usage.flush_interval_ms,
+                queue_max=cfg.usage.queue_max, spill_dir=cfg.spill_path,
+                spill_max_bytes=cfg.usage.spill_max_bytes,
+            )
+            # Replays spill files left by an earlier run before taking traffic.
+            await writer.start()
+            stack.push_async_callback(writer.close, cfg.usage.shutdown_deadline_s)
+            accountant = Accountant(load_catalog(cfg.price_overrides()), writer)
+            # The tokenizer's vocabularies take ~0.5 s to load: do it off the event loop now,
+            # not on the first stream that ends without usage.
+            warm = asyncio.create_task(asyncio.to_thread(tokens.warm))
+            stack.push_async_callback(asyncio.wait_for, warm, 30)
             gate = Gate(redis)
             try:
                 await gate.load()
@@ -197,7 +215,7 @@ class CognitudeApp:
             state = AppState(
                 cfg=cfg, secrets=secrets, redis=redis, pg=pg, gate=gate,
                 keys=KeyCache(cfg, secrets, pg), providers=providers, session=session,
-                codec=ValueCodec(cfg.cache.compress_min_bytes),
+                codec=ValueCodec(cfg.cache.compress_min_bytes), accountant=accountant,
             )
             app.state.cognitude = state
             self.hot = {
@@ -207,6 +225,8 @@ class CognitudeApp:
             yield
         finally:
             self.hot = {}
+            # The usage writer drains first (it needs Postgres), then the pools close.
+            await stack.aclose()
             await session.close()
             await redis.aclose()
             await pg.close()

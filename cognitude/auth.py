@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from .config import Config, Secrets
+from .errors import ServiceUnavailable
 from .gate import Limits
 
 KEY_PREFIX = "cog-"
@@ -96,7 +97,18 @@ class KeyCache:
         hit = self._entries.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        info = await self._lookup(digest)
+        try:
+            info = await self._lookup(digest)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Postgres unreachable: a key we resolved before keeps working (stale entry,
+            # re-checked one TTL later) so a database outage does not stop the proxy; a key
+            # never seen cannot be verified and gets 503.
+            if hit is not None:
+                self._entries[digest] = (now + self._ttl, hit[1])
+                return hit[1]
+            raise ServiceUnavailable(
+                "Cannot verify the API key right now (database unavailable); retry shortly."
+            ) from exc
         if len(self._entries) >= MAX_CACHED_KEYS:
             self._entries.clear()
         self._entries[digest] = (now + self._ttl, info)

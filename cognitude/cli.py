@@ -100,6 +100,7 @@ def _banner(cfg: Config, key: str) -> str:
     host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
     base = f"http://{host}:{cfg.server.port}"
     model = next((m for p in cfg.providers for m in p.models), "gpt-4o-mini")
+    msgs = 'messages=[{"role": "user", "content": "Hi"}]'
     return f"""
 Cognitude is starting on {base}
   development organization: {DEV_ORG}
@@ -111,7 +112,7 @@ Try it:
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
   python -c 'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="{key}"); \\
-print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
+print(c.chat.completions.create(model="{model}", {msgs}).choices[0].message.content)'
 """
 
 

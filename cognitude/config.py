@@ -82,6 +82,9 @@ class UsageConfig:
     flush_interval_ms: int = 200
     queue_max: int = 100_000
     spill_dir: str = ""  # empty: <data_dir>/spill
+    spill_max_bytes: int = 1 << 30  # disk bound for spill files; past it rows are lost, loudly
+    # On shutdown, how long to keep writing to Postgres before spilling the rest to disk.
+    shutdown_deadline_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,9 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
+    # [prices."<model>"] tables overriding or extending the shipped catalog (prices.toml):
+    # (model, ((field, value), ...)), validated by cognitude.pricing.
+    prices: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     # Where the file came from, for error messages; not a key.
     source: str = field(default="<defaults>", compare=False)
 
@@ -163,6 +169,13 @@ class Config:
     @property
     def embedded_postgres(self) -> bool:
         return self.postgres.dsn == "embedded"
+
+    @property
+    def spill_path(self) -> str:
+        return self.usage.spill_dir or os.path.join(self.data_dir, "spill")
+
+    def price_overrides(self) -> dict[str, dict[str, Any]]:
+        return {model: dict(items) for model, items in self.prices}
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +321,8 @@ def _validate(cfg: Config) -> None:
     positive(cfg.usage.flush_rows, "usage.flush_rows")
     positive(cfg.usage.flush_interval_ms, "usage.flush_interval_ms")
     positive(cfg.usage.queue_max, "usage.queue_max")
+    positive(cfg.usage.spill_max_bytes, "usage.spill_max_bytes")
+    positive(cfg.usage.shutdown_deadline_s, "usage.shutdown_deadline_s")
     positive(cfg.upstream.connect_timeout_s, "upstream.connect_timeout_s")
     positive(cfg.upstream.read_timeout_s, "upstream.read_timeout_s")
     positive(cfg.upstream.pool_size, "upstream.pool_size")
@@ -354,16 +369,30 @@ def parse(raw: dict[str, Any], source: str, env: typing.Mapping[str, str] | None
                            f"providers.{name}")
                     for name, tbl in value.items()
                 )
+            elif key == "prices":
+                kwargs[key] = _prices(value)
             elif key in _SECTIONS:
                 kwargs[key] = _coerce(value, _SECTIONS[key], key)
             else:
-                known = ", ".join(["data_dir", "providers", *_SECTIONS])
+                known = ", ".join(["data_dir", "providers", "prices", *_SECTIONS])
                 raise ConfigError(f"{key}: unknown key (known: {known})")
         cfg = Config(**kwargs)
         _validate(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return cfg
+
+
+def _prices(value: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    from .pricing import load_catalog  # the catalog's own validation names model and field
+
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError('prices: expected tables [prices."<model>"]')
+    try:
+        load_catalog(value)
+    except ValueError as exc:
+        raise ConfigError(f"prices: {exc}") from None
+    return tuple((model, tuple(tbl.items())) for model, tbl in value.items())
 
 
 def _table(value: Any, where: str) -> dict[str, Any]:

@@ -122,6 +122,8 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamHTTPError(UpstreamError):
     """An upstream 4xx, passed through with the upstream's own status and OpenAI body."""
 
+    code = "upstream_client_error"
+
     def __init__(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         super().__init__("upstream error", headers=headers)
         self._status = status

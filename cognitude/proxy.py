@@ -22,6 +22,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from . import cache_key, sse
+from .accounting import RequestLog
 from .auth import token_from_headers
 from .errors import (
     AuthenticationError,
@@ -113,22 +114,6 @@ async def send_error(send: Any, exc: ProxyError, headers: list[tuple[bytes, byte
     await send({"type": "http.response.body", "body": body})
 
 
-class Request:
-    """What the route learned about one request; also the seed of its usage record."""
-
-    __slots__ = ("rid", "t0", "body", "doc", "org_id", "key_id", "model", "provider",
-                 "stream", "cache_status", "gate_s", "upstream_s", "status")
-
-    def __init__(self, rid: str, t0: float) -> None:
-        self.rid = rid
-        self.t0 = t0
-        self.cache_status = b"BYPASS"
-        self.gate_s = 0.0
-        self.upstream_s = 0.0
-        self.status = 0
-        self.stream = False
-
-
 class ProxyRoute:
     """One OpenAI endpoint proxied through gate, cache and upstream."""
 
@@ -146,9 +131,10 @@ class ProxyRoute:
         self.max_ttl = cfg.cache.max_ttl_s
         self.count_hits = cfg.rate_limits.count_cache_hits
         self.fail_open = cfg.redis.fail_open
+        self.accountant = state.accountant
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        req = Request(os.urandom(12).hex(), perf_counter())
+        req = RequestLog(os.urandom(12).hex(), perf_counter(), self.endpoint)
         started = False
 
         async def tracked_send(message: dict) -> None:
@@ -162,22 +148,26 @@ class ProxyRoute:
                                        headers=[(b"allow", b"POST")])
             await self._handle(scope, receive, tracked_send, req)
         except ClientGone:
-            return
+            req.status = 499  # nginx's "client closed request": nothing was answered
+            req.error_type = "client_disconnected"
         except ProxyError as exc:
             req.status = exc.status_code
-            if started:
-                return  # mid-stream errors were already written as an SSE error event
-            await send_error(send, exc, [(b"x-request-id", req.rid.encode())])
+            req.error_type = exc.instance_code or exc.type
+            if not started:  # mid-stream errors were already written as an SSE error event
+                await send_error(send, exc, [(b"x-request-id", req.rid.encode())])
         except Exception:
             # Outermost boundary of the hot route: an unexpected bug must still answer in
             # OpenAI JSON (uvicorn's default 500 is plain text) and be logged with its trace.
             log.exception("unhandled error in %s", scope.get("path"))
             req.status = 500
+            req.error_type = "internal_error"
             if not started:
                 await send_error(send, ProxyError("Internal server error.", code="internal_error"),
                                  [(b"x-request-id", req.rid.encode())])
+        finally:
+            self.accountant.finish(req)
 
-    async def _handle(self, scope: dict, receive: Any, send: Any, req: Request) -> None:
+    async def _handle(self, scope: dict, receive: Any, send: Any, req: RequestLog) -> None:
         state = self.state
         authorization = x_api_key = cache_control = ttl_header = None
         for name, value in scope["headers"]:
@@ -202,9 +192,16 @@ class ProxyRoute:
         info = await state.keys.resolve(token)
         if info is None:
             raise AuthenticationError("Invalid API key.")
-        doc = _parse(body, self.endpoint)
-        model = doc["model"]
+        req.org_id = info.org_id
+        req.key_id = info.key_id
+        req.doc = doc = _parse(body, self.endpoint)
+        req.model = model = doc["model"]
+        user = doc.get("user")
+        if isinstance(user, str):
+            req.end_user = user
         provider = state.providers.resolve(model)
+        req.model_used = model
+        req.provider = provider.name
         req.stream = stream = self.streamable and doc.get("stream") is True
 
         # Cache policy from config and the request's own headers.
@@ -240,7 +237,6 @@ class ProxyRoute:
             read_cache = write_cache = False
         req.gate_s = perf_counter() - g0
         limit_headers = _limit_headers(gate)
-        rid_header = (b"x-request-id", req.rid.encode())
 
         if gate is not None and not gate.allowed:
             retry = str(gate.retry_after_s).encode()
@@ -250,12 +246,13 @@ class ProxyRoute:
                 headers=[(b"retry-after", retry), *limit_headers],
             )
 
-        common = [
+        # Errors get these too; send_error adds X-Request-ID to every error itself.
+        routing = [
             (b"x-cognitude-model", model.encode()),
             (b"x-cognitude-provider", provider.name_header),
-            rid_header,
             *limit_headers,
         ]
+        common = [(b"x-request-id", req.rid.encode()), *routing]
 
         if gate is not None and gate.cached is not None:
             stored = state.codec.decode(gate.cached)
@@ -275,7 +272,7 @@ class ProxyRoute:
                     req.upstream_s = perf_counter() - u0
                     err = error_from_upstream(provider, resp.status, err_body,
                                               resp.headers.get("retry-after"))
-                    err.headers.extend(common)
+                    err.headers.extend(routing)
                     raise err
                 if stream:
                     req.upstream_s = perf_counter() - u0
@@ -287,6 +284,7 @@ class ProxyRoute:
                 data = await resp.read()
         req.upstream_s = perf_counter() - u0
         req.status = 200
+        req.response = data
         total = perf_counter() - req.t0
         await send({
             "type": "http.response.start",
@@ -301,9 +299,10 @@ class ProxyRoute:
         if write_cache:
             await self._write_back(ckey, data, ttl)
 
-    async def _send_hit(self, send: Any, req: Request, doc: dict, stored: bytes,
+    async def _send_hit(self, send: Any, req: RequestLog, doc: dict, stored: bytes,
                         common: list[tuple[bytes, bytes]]) -> None:
         req.status = 200
+        req.response = stored
         timing = _timing(req.gate_s, 0.0, perf_counter() - req.t0)
         if not req.stream:
             await send({
@@ -321,11 +320,11 @@ class ProxyRoute:
                     "headers": [*SSE_HEADERS, (b"x-cognitude-cache", b"HIT"), *common, timing]})
         await send({"type": "http.response.body", "body": b"".join(events)})
 
-    async def _pipe_stream(self, send: Any, receive: Any, req: Request, resp: Any,
+    async def _pipe_stream(self, send: Any, receive: Any, req: RequestLog, resp: Any,
                            common: list[tuple[bytes, bytes]],
                            provider: str) -> sse.StreamAccumulator | None:
         """Pass SSE through chunk by chunk; stop reading upstream if the client leaves."""
-        acc = sse.StreamAccumulator()
+        req.acc = acc = sse.StreamAccumulator()
         timing = _timing(req.gate_s, req.upstream_s, perf_counter() - req.t0)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*SSE_HEADERS, (b"x-cognitude-cache", req.cache_status),
@@ -340,11 +339,14 @@ class ProxyRoute:
                     async for chunk in resp.content.iter_any():
                         if gone.done():
                             resp.close()  # aborts the upstream request: no tokens wasted
+                            req.status = 499
+                            req.error_type = "client_disconnected"
                             return None
                         acc.feed(chunk)
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
             except UpstreamError as exc:
+                req.error_type = exc.instance_code or exc.type
                 await _stream_error(send, exc)
                 return None
             await send({"type": "http.response.body", "body": b""})

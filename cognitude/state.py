@@ -8,6 +8,7 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
+from .accounting import Accountant
 from .auth import KeyCache
 from .cache_key import ValueCodec
 from .config import Config, Secrets
@@ -26,3 +27,4 @@ class AppState:
     providers: Providers
     session: aiohttp.ClientSession
     codec: ValueCodec
+    accountant: Accountant

@@ -239,3 +239,14 @@ async def test_postgres_unreachable_refuses_to_start_clearly(proxy_factory):
     with pytest.raises(RuntimeError, match="postgres.dsn: cannot connect to Postgres") as info:
         proxy_factory(pg_dsn=dead)
     assert "Traceback" not in str(info.value)
+
+
+async def test_error_headers_are_not_duplicated(client, org_factory, mock):
+    org = await org_factory()
+    for mode, status in (("500", 502), ("400", 400)):
+        mock.fail(mode)
+        r = await client.post("/v1/chat/completions", json=chat(f"dup {mode}"),
+                              headers=org.headers)
+        assert r.status_code == status
+        assert len(r.headers.get_list("x-request-id")) == 1
+        assert r.headers["x-cognitude-model"] == "gpt-4o-mini"

@@ -1,0 +1,154 @@
+"""From a finished request to its usage record: tokens, cost, baseline cost, latencies.
+
+Runs after the response is complete (never before a byte reaches the client) and hands the
+record to ``UsageWriter.submit``, which never blocks. Token counts come from the upstream's
+own ``usage`` when it sent one; otherwise (a stream without ``include_usage``, a client that
+disconnected mid-stream) they are counted with the real tokenizer in ``cognitude.tokens``.
+
+Decisions:
+- Requests that never authenticated (401) are not recorded: they belong to no organization,
+  and recording them would let anyone fill the ledger's disk.
+- A cache hit costs nothing (``cost_micros = 0``); its ``baseline_cost_micros`` is what the
+  requested model would have charged for the same tokens, which is the saving.
+- Unknown models get ``cost_micros = NULL`` (the catalog logs each once), never a guess.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import Any
+
+import orjson
+
+from .pricing import PriceCatalog
+from .sse import StreamAccumulator
+from .usage import UsageRecord, UsageWriter
+
+log = logging.getLogger("cognitude.accounting")
+
+
+class RequestLog:
+    """What the hot route learned about one request (filled as it goes)."""
+
+    __slots__ = (
+        "rid", "t0", "ts", "endpoint", "org_id", "key_id", "model", "model_used",
+        "provider", "route", "stream", "cache_status", "status", "error_type", "gate_s",
+        "upstream_s", "end_user", "doc", "response", "acc",
+    )
+
+    def __init__(self, rid: str, t0: float, endpoint: str) -> None:
+        self.rid = rid
+        self.t0 = t0
+        self.ts = datetime.now(UTC)
+        self.endpoint = endpoint
+        self.org_id: str | None = None
+        self.key_id: str | None = None
+        self.model: str | None = None
+        self.model_used: str | None = None
+        self.provider: str | None = None
+        self.route: str | None = None
+        self.stream = False
+        self.cache_status = b"BYPASS"
+        self.status = 0
+        self.error_type: str | None = None
+        self.gate_s = 0.0
+        self.upstream_s = 0.0
+        self.end_user: str | None = None
+        self.doc: dict[str, Any] | None = None
+        self.response: bytes | None = None  # the JSON body sent (miss or hit)
+        self.acc: StreamAccumulator | None = None  # a streamed miss, complete or not
+
+
+def _usage_of(body: bytes) -> dict[str, Any] | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+class Accountant:
+    """Turns a RequestLog into a UsageRecord and submits it; owned by the lifespan."""
+
+    __slots__ = ("catalog", "writer")
+
+    def __init__(self, catalog: PriceCatalog, writer: UsageWriter) -> None:
+        self.catalog = catalog
+        self.writer = writer
+
+    def tokens(self, req: RequestLog) -> tuple[int, int]:
+        usage = None
+        if req.response is not None:
+            usage = _usage_of(req.response)
+        elif req.acc is not None:
+            usage = req.acc.usage
+        if usage is not None:
+            return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+        if req.acc is not None and req.doc is not None and req.model:
+            # No usage from the upstream (stream without include_usage, or cut short):
+            # count what was asked and what was received so far.
+            from . import tokens
+
+            messages = req.doc.get("messages")
+            prompt = tokens.count_messages(req.model, messages if isinstance(messages, list)
+                                           else [])
+            return prompt, tokens.count_text(req.model, req.acc.completion_tokens_text())
+        return 0, 0
+
+    def record(self, req: RequestLog) -> UsageRecord | None:
+        if req.org_id is None:
+            return None
+        prompt, completion = self.tokens(req)
+        used = req.model_used or req.model
+        hit = req.cache_status == b"HIT"
+        baseline = (self.catalog.cost_micros(req.model, prompt, completion)
+                    if req.model and (prompt or completion) else 0)
+        if hit:
+            cost: int | None = 0
+        elif used and (prompt or completion):
+            cost = self.catalog.cost_micros(used, prompt, completion)
+        else:
+            cost = 0
+        total_ms = (perf_counter() - req.t0) * 1000
+        upstream_ms = req.upstream_s * 1000
+        return UsageRecord(
+            request_id=req.rid,
+            ts=req.ts,
+            org_id=req.org_id,
+            key_id=req.key_id,
+            endpoint=req.endpoint,
+            model_requested=req.model,
+            model_used=used,
+            provider=req.provider,
+            route=req.route,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_micros=cost,
+            baseline_cost_micros=baseline,
+            cache_status=req.cache_status.decode(),
+            status_code=req.status,
+            error_type=req.error_type,
+            stream=req.stream,
+            latency_ms=total_ms,
+            upstream_ms=upstream_ms,
+            overhead_ms=max(0.0, total_ms - upstream_ms),
+            end_user=req.end_user,
+        )
+
+    def finish(self, req: RequestLog) -> None:
+        try:
+            rec = self.record(req)
+        except Exception:  # noqa: BLE001
+            # Accounting must never turn a served request into an error; a bug here is
+            # logged with its trace and the request is still answered.
+            log.exception("could not build the usage record for %s", req.rid)
+            return
+        if rec is not None:
+            self.writer.submit(rec)
