@@ -29,6 +29,7 @@ from . import db, tokens
 from .accounting import Accountant
 from .auth import KeyCache, create_org, token_from_headers
 from .cache_key import ValueCodec
+from .cold_cache import ColdCache
 from .config import Config
 from .errors import (
     AuthenticationError,
@@ -202,6 +203,13 @@ class CognitudeApp:
             # not on the first stream that ends without usage.
             warm = asyncio.create_task(asyncio.to_thread(tokens.warm))
             stack.push_async_callback(asyncio.wait_for, warm, 30)
+            cold = None
+            if cfg.cache.enabled and cfg.cache.cold_tier:
+                cold = ColdCache(pg, flush_interval_ms=cfg.usage.flush_interval_ms,
+                                 queue_max=cfg.usage.queue_max,
+                                 read_timeout_ms=cfg.cache.cold_read_timeout_ms)
+                cold.start()
+                stack.push_async_callback(cold.close)
             gate = Gate(redis)
             try:
                 await gate.load()
@@ -216,6 +224,7 @@ class CognitudeApp:
                 cfg=cfg, secrets=secrets, redis=redis, pg=pg, gate=gate,
                 keys=KeyCache(cfg, secrets, pg), providers=providers, session=session,
                 codec=ValueCodec(cfg.cache.compress_min_bytes), accountant=accountant,
+                cold=cold,
             )
             app.state.cognitude = state
             self.hot = {

@@ -61,6 +61,8 @@ class CacheConfig:
     # Cache only requests that ask for deterministic output (temperature 0 / seed set).
     only_deterministic: bool = False
     cold_tier: bool = True
+    # A cold-tier read slower than this counts as a miss (the upstream answers instead).
+    cold_read_timeout_ms: int = 50
     # Values above this many bytes are stored zstd-compressed (measured: below ~1 KB the
     # compression costs more CPU than the bytes it saves in Redis).
     compress_min_bytes: int = 1024
@@ -314,6 +316,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("postgres.pool_min: must be between 0 and postgres.pool_max")
     positive(cfg.cache.ttl_s, "cache.ttl_s")
     positive(cfg.cache.max_ttl_s, "cache.max_ttl_s")
+    positive(cfg.cache.cold_read_timeout_ms, "cache.cold_read_timeout_ms")
     rl = cfg.rate_limits
     positive(rl.requests_per_minute, "rate_limits.requests_per_minute")
     positive(rl.requests_per_hour, "rate_limits.requests_per_hour")

@@ -260,6 +260,16 @@ class ProxyRoute:
                 req.cache_status = b"HIT"
                 await self._send_hit(send, req, doc, stored, common)
                 return
+        if read_cache and ckey is not None and state.cold is not None:
+            # Redis missed: the Postgres copy may still hold it (Redis restarted, evicted,
+            # or a fresh replica). Bounded by cache.cold_read_timeout_ms.
+            found = await state.cold.get(ckey)
+            stored = state.codec.decode(found[0]) if found is not None else None
+            if found is not None and stored is not None:
+                req.cache_status = b"HIT"
+                await self._send_hit(send, req, doc, stored, common)
+                await self._backfill(ckey, found[0], found[1])
+                return
         if read_cache:
             req.cache_status = b"MISS"
 
@@ -279,7 +289,7 @@ class ProxyRoute:
                     acc = await self._pipe_stream(send, receive, req, resp, common,
                                                   provider.name)
                     if write_cache and acc is not None and acc.cacheable:
-                        await self._write_back(ckey, acc.completion(), ttl)
+                        await self._write_back(ckey, info.org_id, acc.completion(), ttl)
                     return
                 data = await resp.read()
         req.upstream_s = perf_counter() - u0
@@ -297,7 +307,7 @@ class ProxyRoute:
         })
         await send({"type": "http.response.body", "body": data})
         if write_cache:
-            await self._write_back(ckey, data, ttl)
+            await self._write_back(ckey, info.org_id, data, ttl)
 
     async def _send_hit(self, send: Any, req: RequestLog, doc: dict, stored: bytes,
                         common: list[tuple[bytes, bytes]]) -> None:
@@ -354,12 +364,19 @@ class ProxyRoute:
         finally:
             gone.cancel()
 
-    async def _write_back(self, key: str | None, data: bytes, ttl: int) -> None:
-        """Store a response after it was sent; a Redis failure only costs a future hit."""
+    async def _write_back(self, key: str | None, org_id: str, data: bytes, ttl: int) -> None:
+        """Store a response after it was sent (Redis now, the cold tier in the next batch);
+        a failure only costs a future hit."""
         if key is None:
             return
+        value = self.state.codec.encode(data)
+        await self._backfill(key, value, ttl)
+        if self.state.cold is not None:
+            self.state.cold.put(key, org_id, value, ttl)
+
+    async def _backfill(self, key: str, value: bytes, ttl: int) -> None:
         try:
-            await self.state.redis.set(key, self.state.codec.encode(data), ex=ttl)
+            await self.state.redis.set(key, value, ex=ttl)
         except (RedisError, OSError) as exc:
             log.warning("cache write-back failed: %s", type(exc).__name__)
 

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from .accounting import Accountant
 from .auth import KeyCache
 from .cache_key import ValueCodec
+from .cold_cache import ColdCache
 from .config import Config, Secrets
 from .gate import Gate
 from .upstream import Providers
@@ -28,3 +29,4 @@ class AppState:
     session: aiohttp.ClientSession
     codec: ValueCodec
     accountant: Accountant
+    cold: ColdCache | None  # None when cache.cold_tier = false

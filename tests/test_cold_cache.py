@@ -1,0 +1,89 @@
+"""The cold cache tier: Postgres keeps what Redis forgets, per org, and back-fills Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import httpx
+
+from cognitude import cache_key, keys
+from tests.conftest import chat
+
+
+async def cold_row(dsn: str, key: str) -> asyncpg.Record | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchrow("SELECT * FROM response_cache WHERE cache_key = $1", key)
+    finally:
+        await conn.close()
+
+
+async def wait_cold_row(dsn: str, key: str) -> asyncpg.Record | None:
+    for _ in range(50):
+        row = await cold_row(dsn, key)
+        if row is not None:
+            return row
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def test_redis_loss_is_served_from_the_cold_tier(client, org_factory, mock, redis_client,
+                                                       pg_dsn):
+    org = await org_factory()
+    body = chat("remember me")
+    r1 = await client.post("/v1/chat/completions", json=body, headers=org.headers)
+    key = keys.cache_key(org.org_id, "chat", cache_key.digest(body))
+    row = await wait_cold_row(pg_dsn, key)
+    assert row is not None and row["org_id"] == org.org_id
+    assert bytes(row["value"]) == await redis_client.get(key)  # the same bytes as Redis
+    await redis_client.flushall()  # Redis restarted empty
+    r2 = await client.post("/v1/chat/completions", json=body, headers=org.headers)
+    assert r2.headers["x-cognitude-cache"] == "HIT"
+    assert r2.content == r1.content
+    assert mock.stats()["by_path"]["/v1/chat/completions"] == 1
+    # ... and Redis was back-filled (with the entry's remaining lifetime).
+    assert 0 < await redis_client.ttl(key) <= 86400
+
+
+async def test_cold_tier_is_per_org(client, org_factory, mock, redis_client, pg_dsn):
+    a, b = await org_factory(), await org_factory()
+    body = chat("cold isolation")
+    await client.post("/v1/chat/completions", json=body, headers=a.headers)
+    assert await wait_cold_row(pg_dsn, keys.cache_key(a.org_id, "chat", cache_key.digest(body)))
+    await redis_client.flushall()
+    r = await client.post("/v1/chat/completions", json=body, headers=b.headers)
+    assert r.headers["x-cognitude-cache"] == "MISS"
+    assert mock.stats()["by_path"]["/v1/chat/completions"] == 2
+
+
+async def test_no_store_and_no_cache_apply_to_the_cold_tier(client, org_factory, mock,
+                                                            redis_client, pg_dsn):
+    org = await org_factory()
+    body = chat("cold no-store")
+    await client.post("/v1/chat/completions", json=body,
+                      headers={**org.headers, "Cache-Control": "no-store"})
+    await asyncio.sleep(0.5)
+    assert await cold_row(pg_dsn, keys.cache_key(org.org_id, "chat",
+                                                 cache_key.digest(body))) is None
+    await client.post("/v1/chat/completions", json=body, headers=org.headers)
+    assert await wait_cold_row(pg_dsn, keys.cache_key(org.org_id, "chat",
+                                                      cache_key.digest(body)))
+    await redis_client.flushall()
+    r = await client.post("/v1/chat/completions", json=body,
+                          headers={**org.headers, "Cache-Control": "no-cache"})
+    assert r.headers["x-cognitude-cache"] == "BYPASS"
+
+
+async def test_cold_tier_off(proxy_factory, org_factory, mock, redis_client, pg_dsn):
+    p = proxy_factory(env={"COGNITUDE_CACHE_COLD_TIER": "false"})
+    org = await org_factory()
+    body = chat("no cold tier")
+    async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
+        await c.post("/v1/chat/completions", json=body, headers=org.headers)
+        await asyncio.sleep(0.5)
+        assert await cold_row(pg_dsn, keys.cache_key(org.org_id, "chat",
+                                                     cache_key.digest(body))) is None
+        await redis_client.flushall()
+        r = await c.post("/v1/chat/completions", json=body, headers=org.headers)
+        assert r.headers["x-cognitude-cache"] == "MISS"
