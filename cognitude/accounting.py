@@ -77,11 +77,13 @@ def _int(value: Any) -> int:
 class Accountant:
     """Turns a RequestLog into a UsageRecord and submits it; owned by the lifespan."""
 
-    __slots__ = ("catalog", "writer")
+    __slots__ = ("catalog", "writer", "requests")
 
     def __init__(self, catalog: PriceCatalog, writer: UsageWriter) -> None:
         self.catalog = catalog
         self.writer = writer
+        # (endpoint, status, cache status) → count, for /metrics.
+        self.requests: dict[tuple[str, int, str], int] = {}
 
     def tokens(self, req: RequestLog) -> tuple[int, int]:
         usage = None
@@ -143,6 +145,8 @@ class Accountant:
         )
 
     def finish(self, req: RequestLog) -> None:
+        key = (req.endpoint, req.status, req.cache_status.decode())
+        self.requests[key] = self.requests.get(key, 0) + 1
         try:
             rec = self.record(req)
         except Exception:  # noqa: BLE001

@@ -39,6 +39,7 @@ from .errors import (
     for_status,
 )
 from .gate import Gate
+from .metrics import metrics
 from .pricing import load_catalog
 from .proxy import ProxyRoute
 from .state import AppState
@@ -160,6 +161,7 @@ class CognitudeApp:
                 Route("/health", health, methods=["GET"]),
                 Route("/ready", ready, methods=["GET"]),
                 Route("/v1/models", models, methods=["GET"]),
+                Route("/metrics", metrics, methods=["GET"]),
             ],
             exception_handlers={
                 ProxyError: _proxy_error,

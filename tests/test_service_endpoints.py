@@ -21,3 +21,28 @@ async def test_models_needs_a_key(client, org_factory):
     assert doc["object"] == "list"
     assert {m["id"] for m in doc["data"]} == {"gpt-4o-mini", "gpt-4o", "text-embedding-3-small"}
     assert all(m["owned_by"] == "mock" for m in doc["data"])
+
+
+async def test_metrics_counts_requests_and_ledger_rows(client, org_factory, mock):
+    import asyncio
+    import re
+
+    org = await org_factory()
+
+    def value(text: str, name: str) -> float:
+        m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    before = (await client.get("/metrics")).text
+    for i in range(3):
+        await client.post("/v1/chat/completions", json={
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"m{i}"}]},
+            headers=org.headers)
+    await asyncio.sleep(0.6)  # one usage flush interval and then some
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    series = 'cognitude_requests_total{endpoint="chat",status="200",cache="MISS"}'
+    assert value(r.text, series) - value(before, series) == 3
+    assert value(r.text, "cognitude_usage_rows_written_total") - value(
+        before, "cognitude_usage_rows_written_total") >= 3
+    assert "# TYPE cognitude_usage_queue_depth gauge" in r.text
