@@ -27,6 +27,7 @@ from starlette.routing import Route
 from . import config as config_mod
 from . import db, tokens
 from .accounting import Accountant
+from .analytics import analytics_usage
 from .auth import KeyCache, create_org, token_from_headers
 from .cache_key import ValueCodec
 from .cold_cache import ColdCache
@@ -39,6 +40,7 @@ from .errors import (
     for_status,
 )
 from .gate import Gate
+from .maintenance import Maintenance
 from .metrics import metrics
 from .pricing import load_catalog
 from .proxy import ProxyRoute
@@ -161,6 +163,7 @@ class CognitudeApp:
                 Route("/health", health, methods=["GET"]),
                 Route("/ready", ready, methods=["GET"]),
                 Route("/v1/models", models, methods=["GET"]),
+                Route("/analytics/usage", analytics_usage, methods=["GET"]),
                 Route("/metrics", metrics, methods=["GET"]),
             ],
             exception_handlers={
@@ -200,6 +203,12 @@ class CognitudeApp:
             # Replays spill files left by an earlier run before taking traffic.
             await writer.start()
             stack.push_async_callback(writer.close, cfg.usage.shutdown_deadline_s)
+            m = cfg.maintenance
+            maint = Maintenance(pg, interval_s=m.interval_s, days_ahead=m.partition_days_ahead,
+                                retention_days=m.retention_days, lateness_s=m.rollup_lateness_s)
+            maint.start()  # the first round runs at once, in the background
+            # Pushed after the writer: the exit stack is LIFO, so maintenance stops first.
+            stack.push_async_callback(maint.close)
             accountant = Accountant(load_catalog(cfg.price_overrides()), writer)
             # The tokenizer's vocabularies take ~0.5 s to load: do it off the event loop now,
             # not on the first stream that ends without usage.

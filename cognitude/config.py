@@ -90,6 +90,17 @@ class UsageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MaintenanceConfig:
+    """Leader-locked background work: partitions, retention, the hourly rollup."""
+
+    interval_s: float = 60.0
+    partition_days_ahead: int = 7
+    retention_days: int = 0  # 0: keep raw usage_log forever (rollups are kept anyway)
+    # Hours this far back are recomputed every round (see cognitude/maintenance.py); >= 600.
+    rollup_lateness_s: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     connect_timeout_s: float = 5.0
     # Non-stream: the whole response. Stream: the longest silence between two chunks.
@@ -153,6 +164,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     providers: tuple[ProviderConfig, ...] = ()
@@ -196,6 +208,7 @@ _SECTIONS: dict[str, type] = {
     "cache": CacheConfig,
     "rate_limits": RateLimitConfig,
     "usage": UsageConfig,
+    "maintenance": MaintenanceConfig,
     "upstream": UpstreamConfig,
     "auth": AuthConfig,
     "alerts": AlertsConfig,
@@ -326,6 +339,12 @@ def _validate(cfg: Config) -> None:
     positive(cfg.usage.queue_max, "usage.queue_max")
     positive(cfg.usage.spill_max_bytes, "usage.spill_max_bytes")
     positive(cfg.usage.shutdown_deadline_s, "usage.shutdown_deadline_s")
+    positive(cfg.maintenance.interval_s, "maintenance.interval_s")
+    positive(cfg.maintenance.partition_days_ahead, "maintenance.partition_days_ahead")
+    if cfg.maintenance.retention_days < 0:
+        raise ConfigError("maintenance.retention_days: must be >= 0")
+    if cfg.maintenance.rollup_lateness_s < 600:
+        raise ConfigError("maintenance.rollup_lateness_s: must be >= 600")
     positive(cfg.upstream.connect_timeout_s, "upstream.connect_timeout_s")
     positive(cfg.upstream.read_timeout_s, "upstream.read_timeout_s")
     positive(cfg.upstream.pool_size, "upstream.pool_size")
@@ -461,6 +480,7 @@ def read_secrets(cfg: Config, env: typing.Mapping[str, str] | None = None) -> Se
 
 __all__ = [
     "AlertsConfig", "AuthConfig", "BudgetsConfig", "CacheConfig", "Config", "ConfigError",
+    "MaintenanceConfig",
     "PostgresConfig", "ProviderConfig", "RateLimitConfig", "RedisConfig", "Secrets",
     "ServerConfig", "StaticKey", "UpstreamConfig", "UsageConfig", "load", "parse",
     "export_env", "read_secrets", "sha256_hex",

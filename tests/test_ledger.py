@@ -265,3 +265,26 @@ async def test_client_disconnect_mid_stream_is_billed_for_what_it_got(
     assert 0 < row["completion_tokens"] < full * 3
     assert row["prompt_tokens"] > 0
     assert row["cost_micros"] is not None
+
+
+async def test_analytics_usage_end_to_end(client, org_factory, pg_dsn, mock):
+    from tests.conftest import assert_openai_error
+
+    org, other = await org_factory(), await org_factory()
+    for i in range(3):
+        await client.post("/v1/chat/completions", json=chat(f"report {i}"), headers=org.headers)
+    await client.post("/v1/chat/completions", json=chat("report 0"), headers=org.headers)  # hit
+    await client.post("/v1/chat/completions", json=chat("other org"), headers=other.headers)
+    await wait_rows(pg_dsn, org.org_id, 4)
+    r = await client.get("/analytics/usage", params={"group_by": "model"}, headers=org.headers)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["totals"]["requests"] == 4 and doc["totals"]["cache_hits"] == 1
+    assert [d["key"] for d in doc["data"]] == ["gpt-4o-mini"]
+    assert doc["totals"]["savings_usd"] > 0  # the hit's baseline
+    r = await client.get("/analytics/usage", headers=other.headers)
+    assert r.json()["totals"]["requests"] == 1  # strictly org-scoped
+    assert_openai_error(await client.get("/analytics/usage"), 401)
+    err = assert_openai_error(await client.get("/analytics/usage", params={"start": "x"},
+                                               headers=org.headers), 400)
+    assert err["param"] == "start"

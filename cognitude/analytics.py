@@ -1,0 +1,174 @@
+"""``GET /analytics/usage``: an org's requests, tokens, cost, cache hits and savings over a
+date range, grouped by day, model or provider, read from ``usage_hourly`` only.
+
+Decisions:
+- The org comes from the API key, never from a parameter: a key sees its own org only.
+- Dates are UTC days, ``start`` and ``end`` inclusive; default: the last 7 days.
+- Freshness: before reading, the endpoint recomputes the caller's recent hours
+  (``maintenance.refresh_org``: one org, about the last hour, bounded), so requests made
+  seconds ago are in the report; older hours are as fresh as the last maintenance round.
+- Money is summed as integer micro-USD in SQL and converted at the edge:
+  ``*_usd = round(micros / 1e6, 6)``, a JSON number with at most 6 decimals (exact: a
+  double represents every 6-decimal amount below ~9e9 USD to that precision). The exact
+  integers are returned too (``cost_micros``, ``savings_micros``) for programs that add
+  them up.
+- ``savings = baseline - cost``, where baseline is what the requested model would have
+  cost (a cache hit costs 0, so it saves its whole baseline); rows with an unknown price
+  count as no saving (see ``maintenance._AGG``).
+- Groups: ``day`` lists every day of the range (zeros included, for charts); ``model`` and
+  ``provider`` list the groups with traffic, ``key: null`` for requests that never reached
+  a model (rate-limited, refused).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .auth import token_from_headers
+from .errors import AuthenticationError, InvalidRequest, ServiceUnavailable
+from .maintenance import refresh_org
+
+log = logging.getLogger("cognitude.analytics")
+
+MAX_RANGE_DAYS = 366
+DEFAULT_DAYS = 7
+GROUPS = ("day", "model", "provider")
+_KEY_SQL = {
+    "day": "(hour AT TIME ZONE 'UTC')::date",
+    "model": "model_used",
+    "provider": "provider",
+}
+# Sums are cast back to bigint: sum(bigint) is numeric, which asyncpg decodes to Decimal.
+_REPORT_SQL = """
+SELECT {key} AS key,
+       sum(requests)::bigint AS requests,
+       sum(prompt_tokens)::bigint AS prompt_tokens,
+       sum(completion_tokens)::bigint AS completion_tokens,
+       sum(cost_micros)::bigint AS cost_micros,
+       sum(baseline_cost_micros)::bigint AS baseline_cost_micros,
+       sum(cache_hits)::bigint AS cache_hits
+FROM usage_hourly
+WHERE org_id = $1 AND hour >= $2 AND hour < $3
+GROUP BY 1 ORDER BY 1
+"""
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# refresh_org looks back at most a day (+ lateness): older ranges need no refresh.
+_RECENT = timedelta(days=2)
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_COUNTS = ("requests", "prompt_tokens", "completion_tokens", "cache_hits")
+
+
+def _usd(micros: int) -> float:
+    return round(micros / 1e6, 6)
+
+
+def _entry(counts: dict[str, int]) -> dict[str, Any]:
+    cost, baseline = counts["cost_micros"], counts["baseline_cost_micros"]
+    return {
+        **{k: counts[k] for k in _COUNTS},
+        "cost_usd": _usd(cost),
+        "cost_micros": cost,
+        "savings_usd": _usd(baseline - cost),
+        "savings_micros": baseline - cost,
+    }
+
+
+def _midnight(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+async def usage_report(pool: asyncpg.Pool, org_id: str, *, start: date, end: date,
+                       group_by: str = "day", refresh: bool = True) -> dict[str, Any]:
+    """The report for ``org_id`` over UTC days ``start``..``end`` (inclusive). With
+    ``refresh``, the org's recent hours are recomputed first (skipped if that would wait
+    on a running global refresh for more than 2 s)."""
+    if group_by not in _KEY_SQL:
+        raise ValueError(f"group_by must be one of {GROUPS}")
+    lo, hi = _midnight(start), _midnight(end + timedelta(days=1))
+    async with pool.acquire() as conn:
+        if refresh and hi > datetime.now(UTC) - _RECENT:
+            if not await refresh_org(conn, org_id):
+                log.info("analytics: rollup busy; serving org %s without a fresh refresh",
+                         org_id)
+        rows = await conn.fetch(_REPORT_SQL.format(key=_KEY_SQL[group_by]), org_id, lo, hi)
+    fields = (*_COUNTS, "cost_micros", "baseline_cost_micros")
+    groups: dict[Any, dict[str, int]] = {r["key"]: {f: r[f] for f in fields} for r in rows}
+    if group_by == "day":
+        zero = dict.fromkeys(fields, 0)
+        days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+        groups = {d: groups.get(d, zero) for d in days}
+    totals = {f: sum(g[f] for g in groups.values()) for f in fields}
+    data = []
+    for key, counts in groups.items():
+        if isinstance(key, date):
+            key = key.isoformat()
+        data.append({"key": key if key != "" else None, **_entry(counts)})
+    return {
+        "object": "usage_report",
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "group_by": group_by,
+        "data": data,
+        "totals": _entry(totals),
+    }
+
+
+def _date_param(request: Request, name: str, default: date) -> date:
+    raw = request.query_params.get(name)
+    if not raw:
+        return default
+    try:
+        # fromisoformat alone would also take "20240101" and week dates.
+        if not _DATE_RE.fullmatch(raw):
+            raise ValueError(raw)
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be a date as YYYY-MM-DD, got {raw!r}.",
+                             param=name) from None
+
+
+def parse_params(request: Request, today: date | None = None) -> tuple[date, date, str]:
+    """``start``, ``end``, ``group_by`` from the query string, validated."""
+    today = today or datetime.now(UTC).date()
+    end = _date_param(request, "end", today)
+    start = _date_param(request, "start", end - timedelta(days=DEFAULT_DAYS - 1))
+    if end < start:
+        raise InvalidRequest("'end' must not be before 'start'.", param="end")
+    if (end - start).days + 1 > MAX_RANGE_DAYS:
+        raise InvalidRequest(f"The date range may span at most {MAX_RANGE_DAYS} days.",
+                             param="start")
+    group_by = request.query_params.get("group_by") or "day"
+    if group_by not in GROUPS:
+        raise InvalidRequest(f"'group_by' must be one of {', '.join(GROUPS)}; got {group_by!r}.",
+                             param="group_by")
+    return start, end, group_by
+
+
+async def analytics_usage(request: Request) -> Response:
+    """``GET /analytics/usage?start=YYYY-MM-DD&end=YYYY-MM-DD&group_by=day|model|provider``,
+    authenticated with the proxy's own API keys; org-scoped by the key."""
+    st = request.app.state.cognitude
+    token = token_from_headers(request.headers.get("authorization", "").encode() or None,
+                               request.headers.get("x-api-key", "").encode() or None)
+    info = await st.keys.resolve(token) if token is not None else None
+    if info is None:
+        raise AuthenticationError("Missing or invalid API key.")
+    start, end, group_by = parse_params(request)
+    if st.pg is None:
+        raise ServiceUnavailable("Analytics needs Postgres, which is not configured.")
+    try:
+        report = await usage_report(st.pg, info.org_id, start=start, end=end,
+                                    group_by=group_by)
+    except _DB_ERRORS as exc:
+        log.warning("analytics query failed: %s: %s", type(exc).__name__, exc)
+        raise ServiceUnavailable("Analytics are unavailable right now; retry shortly.") \
+            from None
+    return Response(orjson.dumps(report), media_type="application/json")
