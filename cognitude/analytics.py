@@ -32,8 +32,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .auth import token_from_headers
-from .errors import AuthenticationError, InvalidRequest, ServiceUnavailable
+from .auth import require_key
+from .errors import InvalidRequest, ServiceUnavailable
 from .maintenance import refresh_org
 
 log = logging.getLogger("cognitude.analytics")
@@ -156,11 +156,7 @@ async def analytics_usage(request: Request) -> Response:
     """``GET /analytics/usage?start=YYYY-MM-DD&end=YYYY-MM-DD&group_by=day|model|provider``,
     authenticated with the proxy's own API keys; org-scoped by the key."""
     st = request.app.state.cognitude
-    token = token_from_headers(request.headers.get("authorization", "").encode() or None,
-                               request.headers.get("x-api-key", "").encode() or None)
-    info = await st.keys.resolve(token) if token is not None else None
-    if info is None:
-        raise AuthenticationError("Missing or invalid API key.")
+    info = await require_key(request)
     start, end, group_by = parse_params(request)
     if st.pg is None:
         raise ServiceUnavailable("Analytics needs Postgres, which is not configured.")

@@ -28,12 +28,11 @@ from . import config as config_mod
 from . import db, tokens
 from .accounting import Accountant
 from .analytics import analytics_usage
-from .auth import KeyCache, create_org, token_from_headers
+from .auth import KeyCache, create_org, require_key
 from .cache_key import ValueCodec
 from .cold_cache import ColdCache
 from .config import Config
 from .errors import (
-    AuthenticationError,
     ProxyError,
     ServiceUnavailable,
     error_body,
@@ -118,12 +117,8 @@ async def ready(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
-    st = _state(request)
-    token = token_from_headers(request.headers.get("authorization", "").encode() or None,
-                               request.headers.get("x-api-key", "").encode() or None)
-    if token is None or await st.keys.resolve(token) is None:
-        raise AuthenticationError("Missing or invalid API key.")
-    return Response(st.providers.model_list(), media_type="application/json")
+    await require_key(request)
+    return Response(_state(request).providers.model_list(), media_type="application/json")
 
 
 def _redis_client(cfg: Config) -> aioredis.Redis:

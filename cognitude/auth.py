@@ -9,14 +9,16 @@ lookup, so the hot path does not query Postgres per request. Unknown keys are ca
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
 
 import asyncpg
+from starlette.requests import Request
 
 from .config import Config, Secrets
-from .errors import ServiceUnavailable
+from .errors import AuthenticationError, ServiceUnavailable
 from .gate import Limits
 
 KEY_PREFIX = "cog-"
@@ -136,6 +138,29 @@ class KeyCache:
                 row["requests_per_day"] or d.day,
             ),
         )
+
+
+async def require_key(request: Request) -> KeyInfo:
+    """The caller's key on a Starlette route (management API, analytics, /v1/models):
+    ``Authorization: Bearer`` or ``X-API-Key``; 401 otherwise. The org always comes from
+    the key, never from a parameter."""
+    headers = request.headers
+    token = token_from_headers(headers.get("authorization", "").encode() or None,
+                               headers.get("x-api-key", "").encode() or None)
+    info = await request.app.state.cognitude.keys.resolve(token) if token is not None else None
+    if info is None:
+        raise AuthenticationError("Missing or invalid API key.")
+    return info
+
+
+def require_admin(request: Request) -> None:
+    """The operator key (``auth.admin_key_env``), compared in constant time; 401 otherwise."""
+    headers = request.headers
+    token = token_from_headers(headers.get("authorization", "").encode() or None,
+                               headers.get("x-api-key", "").encode() or None)
+    expected = request.app.state.cognitude.secrets.admin_key_hash
+    if not expected or token is None or not hmac.compare_digest(hash_key(token), expected):
+        raise AuthenticationError("This endpoint needs the operator key.")
 
 
 async def create_org(conn: asyncpg.Connection, name: str, org_id: str | None = None) -> str:
