@@ -39,6 +39,7 @@ from .errors import (
     for_status,
 )
 from .gate import Gate
+from .invalidation import Invalidator
 from .maintenance import Maintenance
 from .metrics import metrics
 from .pricing import load_catalog
@@ -226,9 +227,13 @@ class CognitudeApp:
                     raise config_mod.ConfigError(
                         f"{cfg.source}: redis.url: cannot reach Redis: {exc}") from None
                 log.warning("redis unreachable at start (%s); failing open", exc)
+            keycache = KeyCache(cfg, secrets, pg)
+            invalidator = Invalidator(redis, keycache)
+            await invalidator.start()
+            stack.push_async_callback(invalidator.close)
             state = AppState(
                 cfg=cfg, secrets=secrets, redis=redis, pg=pg, gate=gate,
-                keys=KeyCache(cfg, secrets, pg), providers=providers, session=session,
+                keys=keycache, providers=providers, session=session,
                 codec=ValueCodec(cfg.cache.compress_min_bytes), accountant=accountant,
                 cold=cold,
             )

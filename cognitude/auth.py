@@ -25,6 +25,9 @@ KEY_PREFIX = "cog-"
 # Bound on cached resolutions; past it the cache is cleared wholesale (cheap, rare, and a
 # cleared entry costs one indexed Postgres lookup).
 MAX_CACHED_KEYS = 100_000
+# Without a live invalidation subscription a revoked key must still stop within ~1 s on
+# every replica, so cached resolutions are trusted this long at most.
+UNSUBSCRIBED_TTL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,7 @@ WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT o.disabled
 class KeyCache:
     """key hash → KeyInfo, from config (static keys) or Postgres, cached with a TTL."""
 
-    __slots__ = ("_pool", "_ttl", "_defaults", "_static", "_entries")
+    __slots__ = ("_pool", "_ttl", "_defaults", "_static", "_entries", "subscribed")
 
     def __init__(self, cfg: Config, secrets_: Secrets, pool: asyncpg.Pool | None) -> None:
         self._pool = pool
@@ -88,7 +91,15 @@ class KeyCache:
             )
             for h, sk in secrets_.static_key_hashes.items()
         }
+        # digest → (fetched at, resolution)
         self._entries: dict[str, tuple[float, KeyInfo | None]] = {}
+        # Set by the Invalidator while its Redis subscription is live: only then can a
+        # revocation reach this process at once, so only then is the full TTL safe.
+        self.subscribed = False
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl if self.subscribed else min(self._ttl, UNSUBSCRIBED_TTL_S)
 
     async def resolve(self, token: str) -> KeyInfo | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
@@ -97,7 +108,7 @@ class KeyCache:
             return static
         now = time.monotonic()
         hit = self._entries.get(digest)
-        if hit is not None and hit[0] > now:
+        if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
         try:
             info = await self._lookup(digest)
@@ -106,21 +117,28 @@ class KeyCache:
             # re-checked one TTL later) so a database outage does not stop the proxy; a key
             # never seen cannot be verified and gets 503.
             if hit is not None:
-                self._entries[digest] = (now + self._ttl, hit[1])
+                self._entries[digest] = (now, hit[1])
                 return hit[1]
             raise ServiceUnavailable(
                 "Cannot verify the API key right now (database unavailable); retry shortly."
             ) from exc
         if len(self._entries) >= MAX_CACHED_KEYS:
             self._entries.clear()
-        self._entries[digest] = (now + self._ttl, info)
+        self._entries[digest] = (now, info)
         return info
 
     def invalidate(self, digest: str | None = None) -> None:
+        """Forget one key's resolution (revoked, changed), or every one (``None``)."""
         if digest is None:
             self._entries.clear()
         else:
             self._entries.pop(digest, None)
+
+    def invalidate_org(self, org_id: str) -> None:
+        """Forget every key of an org (its limits or settings changed, or it was disabled)."""
+        for digest in [d for d, (_, info) in self._entries.items()
+                       if info is not None and info.org_id == org_id]:
+            del self._entries[digest]
 
     async def _lookup(self, digest: str) -> KeyInfo | None:
         if self._pool is None:

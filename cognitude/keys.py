@@ -10,6 +10,9 @@ from __future__ import annotations
 
 PREFIX = "cog"
 
+# Pub/sub channel for cross-replica key-cache invalidation (cognitude.invalidation).
+INVALIDATION_CHANNEL = f"{PREFIX}:invalidate"
+
 # Sliding-window limiter hashes, one per window (minute / hour / day).
 WINDOWS = ("m", "h", "d")
 

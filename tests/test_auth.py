@@ -94,3 +94,48 @@ def test_cognitude_migrate_command(pg_dsn, tmp_path):
                        env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert "postgres.dsn: migration failed" in p.stderr and "Traceback" not in p.stderr
+
+
+async def test_revocation_reaches_every_replica_within_a_second(
+        proxy_factory, org_factory, pg_dsn, redis_client, mock):
+    """Two proxies trusting their key cache for 60 s; a revocation published on the
+    invalidation channel stops the key on both at once."""
+    from cognitude.keys import INVALIDATION_CHANNEL
+
+    replicas = [proxy_factory("[auth]\nkey_cache_ttl_s = 60.0\n") for _ in range(2)]
+    org = await org_factory()
+    clients = [httpx.AsyncClient(base_url=p.url, timeout=10) for p in replicas]
+    try:
+        for c in clients:
+            assert (await c.post("/v1/chat/completions", json=chat("warm"),
+                                 headers=org.headers)).status_code == 200
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_hash = $1",
+                               hash_key(org.key))
+        finally:
+            await conn.close()
+        t0 = asyncio.get_running_loop().time()
+        assert await redis_client.publish(INVALIDATION_CHANNEL, f"key:{hash_key(org.key)}") == 2
+        for c in clients:
+            while True:
+                r = await c.post("/v1/chat/completions", json=chat("after"),
+                                 headers=org.headers)
+                if r.status_code == 401:
+                    break
+                assert asyncio.get_running_loop().time() - t0 < 1.0, "still accepted after 1 s"
+                await asyncio.sleep(0.02)
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+def test_key_cache_trusts_entries_briefly_without_a_subscription():
+    from cognitude import config
+    from cognitude.auth import UNSUBSCRIBED_TTL_S, KeyCache
+
+    cfg = config.parse({"auth": {"key_cache_ttl_s": 30.0}}, "x", env={})
+    cache = KeyCache(cfg, config.read_secrets(cfg, env={}), None)
+    assert cache.ttl == UNSUBSCRIBED_TTL_S <= 1.0
+    cache.subscribed = True
+    assert cache.ttl == 30.0
