@@ -186,6 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if services.postgres_dsn:
                 overrides["POSTGRES_DSN"] = services.postgres_dsn
             config_mod.export_env(overrides)
+            config_mod.ensure_dev_encryption_key(cfg, data_dir / "encryption_key")
             cfg = config_mod.load(args.config)
             if services.postgres_dsn:
                 key = asyncio.run(ensure_dev_key(services.postgres_dsn, data_dir))

@@ -10,6 +10,7 @@ module is the only place that reads them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import tomllib
@@ -123,6 +124,9 @@ class StaticKey:
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     admin_key_env: str = "COGNITUDE_ADMIN_KEY"
+    # Env var with the key that encrypts provider credentials at rest: 32 bytes, urlsafe
+    # base64 (`python -c "import os,base64;print(base64.urlsafe_b64encode(os.urandom(32)))"`).
+    encryption_key_env: str = "COGNITUDE_ENCRYPTION_KEY"
     allow_registration: bool = True
     # How long a key → org resolution is trusted in process before Postgres is asked again.
     key_cache_ttl_s: float = 5.0
@@ -199,6 +203,7 @@ class Secrets:
     provider_keys: dict[str, str]  # provider name → key ("" when the env var is unset)
     static_key_hashes: dict[str, StaticKey]  # sha256 hex → declaration
     admin_key_hash: str  # sha256 hex of the operator key, "" when unset
+    encryption_key: bytes | None  # 32 bytes for AES-256-GCM, None when unset
 
 
 _SECTIONS: dict[str, type] = {
@@ -453,6 +458,20 @@ def export_env(overrides: dict[str, str]) -> None:
         os.environ[f"{ENV_PREFIX}{name}"] = value
 
 
+def ensure_dev_encryption_key(cfg: Config, path: Path) -> None:
+    """Embedded (development) mode only: when ``auth.encryption_key_env`` is unset, use a
+    persistent key kept (mode 0600) at ``path`` so provider credentials stored through the
+    API survive restarts. Production deployments set their own key."""
+    name = cfg.auth.encryption_key_env
+    if not name or os.environ.get(name):
+        return
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+    os.environ[name] = path.read_text().strip()
+
+
 def sha256_hex(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -475,7 +494,18 @@ def read_secrets(cfg: Config, env: typing.Mapping[str, str] | None = None) -> Se
         else:
             static[sk.key_sha256] = sk
     admin = env.get(cfg.auth.admin_key_env, "") if cfg.auth.admin_key_env else ""
-    return Secrets(provider_keys, static, sha256_hex(admin) if admin else "")
+    enc = None
+    raw = env.get(cfg.auth.encryption_key_env, "") if cfg.auth.encryption_key_env else ""
+    if raw:
+        try:
+            enc = base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4))
+        except ValueError:
+            enc = None
+        if enc is None or len(enc) != 32:
+            raise ConfigError(
+                f"{cfg.source}: auth.encryption_key_env: {cfg.auth.encryption_key_env} must "
+                "hold 32 bytes in urlsafe base64")
+    return Secrets(provider_keys, static, sha256_hex(admin) if admin else "", enc)
 
 
 __all__ = [
@@ -483,5 +513,5 @@ __all__ = [
     "MaintenanceConfig",
     "PostgresConfig", "ProviderConfig", "RateLimitConfig", "RedisConfig", "Secrets",
     "ServerConfig", "StaticKey", "UpstreamConfig", "UsageConfig", "load", "parse",
-    "export_env", "read_secrets", "sha256_hex",
+    "ensure_dev_encryption_key", "export_env", "read_secrets", "sha256_hex",
 ]

@@ -1,0 +1,90 @@
+"""Helpers for the management API (Starlette routes): JSON in, validated fields, JSON out.
+
+Every failure is a ``ProxyError`` (rendered as OpenAI JSON by the app's handler) whose
+``param`` names the offending field, so a client learns exactly what to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import InvalidRequest, PayloadTooLarge
+
+# Management bodies are small; a cap keeps a hostile client from making us buffer megabytes.
+MAX_JSON_BYTES = 64 * 1024
+
+_MISSING = object()
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object; 400/413 in OpenAI shape otherwise."""
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise PayloadTooLarge(f"Request body exceeds {MAX_JSON_BYTES} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise InvalidRequest("Request body is empty; expected a JSON object.")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    return doc
+
+
+def reject_unknown(doc: dict[str, Any], known: set[str] | frozenset[str]) -> None:
+    for key in doc:
+        if key not in known:
+            raise InvalidRequest(
+                f"Unknown field `{key}` (expected: {', '.join(sorted(known))}).", param=key)
+
+
+def field(doc: dict[str, Any], name: str, type_: type, *, required: bool = True,
+          default: Any = None, min_value: int | float | None = None,
+          max_value: int | float | None = None, max_len: int | None = None,
+          choices: tuple[Any, ...] | None = None, nullable: bool = False) -> Any:
+    """``doc[name]`` checked against ``type_`` and bounds; 400 naming ``name`` otherwise.
+
+    bool is not accepted where int is asked (JSON ``true`` is not a number), and ints are
+    accepted where float is.
+    """
+    value = doc.get(name, _MISSING)
+    if value is _MISSING or (value is None and nullable):
+        if required and value is _MISSING:
+            raise InvalidRequest(f"`{name}` is required.", param=name)
+        return None if value is None else default
+    ok = isinstance(value, type_) and not (type_ in (int, float) and isinstance(value, bool))
+    if type_ is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        raise InvalidRequest(f"`{name}` must be {_TYPE_NAMES.get(type_, type_.__name__)}.",
+                             param=name)
+    if min_value is not None and value < min_value:
+        raise InvalidRequest(f"`{name}` must be at least {min_value}.", param=name)
+    if max_value is not None and value > max_value:
+        raise InvalidRequest(f"`{name}` must be at most {max_value}.", param=name)
+    if max_len is not None and len(value) > max_len:
+        raise InvalidRequest(f"`{name}` must be at most {max_len} characters.", param=name)
+    if isinstance(value, str) and type_ is str and not value.strip() and required:
+        raise InvalidRequest(f"`{name}` must not be empty.", param=name)
+    if choices is not None and value not in choices:
+        raise InvalidRequest(f"`{name}` must be one of {', '.join(map(str, choices))}.",
+                             param=name)
+    return value
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean",
+               dict: "an object", list: "an array"}
