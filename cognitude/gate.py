@@ -1,9 +1,12 @@
-"""The request gate: three sliding-window rate limits and the cache lookup in one round trip.
+"""The request gate: sliding-window rate limits and the cache lookup in one round trip.
 
 ``Gate.check`` runs ``lua/gate.lua`` with one ``EVALSHA`` per proxied request (DESIGN §6). The
 script's header is the contract for its KEYS, ARGV and reply; this module only builds the
 arguments and turns the reply into a :class:`GateResult` for the response headers
 (``X-RateLimit-*``, ``Retry-After``) and the cache-hit path.
+
+An organization's three windows (minute / hour / day) always apply; an API key with limits of
+its own adds its three windows to the same call (six in all, decided atomically together).
 
 The script is loaded with ``SCRIPT LOAD`` at start (``Gate.load``) and called by SHA. After a
 ``SCRIPT FLUSH`` or a failover to a server that never saw it, the first call gets ``NOSCRIPT``,
@@ -33,11 +36,13 @@ _COUNT_HITS = b"1"
 _SKIP_HITS = b"0"
 # ARGV[6] meaning "use the server's TIME".
 _SERVER_CLOCK = b"0"
+# ARGV[7]: six window keys (the org's, then the API key's); absent means three.
+_SIX_WINDOWS = b"6"
 
 
 @dataclass(slots=True, frozen=True)
 class Limits:
-    """Requests per trailing minute / hour / day of one organization."""
+    """Requests per trailing minute / hour / day of one organization (or one API key)."""
 
     minute: int
     hour: int
@@ -58,6 +63,12 @@ class GateResult:
 # request. Bounded because org ids come from the (bounded) set of provisioned orgs, but a
 # runaway set must not grow without limit.
 _limiter_keys = lru_cache(maxsize=8192)(keys.limiter_keys)
+
+
+@lru_cache(maxsize=16384)
+def _six_window_keys(org_id: str, key_id: str) -> tuple[str, ...]:
+    """The org's three window keys, then the API key's three: KEYS[1..6] of gate.lua."""
+    return (*_limiter_keys(org_id), *keys.key_limiter_keys(org_id, key_id))
 
 
 def _strip_shebang(source: str) -> str:
@@ -109,19 +120,45 @@ class Gate:
         count_hits: bool = True,
         cost: int = 1,
         now_ms: int | None = None,
+        key_id: str | None = None,
+        key_limits: Limits | None = None,
     ) -> GateResult:
         """Count one request (``cost`` requests) against ``limits`` and look up ``cache_key``.
 
-        Rejected requests write nothing. With ``count_hits=False`` a cache hit is returned
-        without checking or counting the limits. ``now_ms`` overrides the server clock and
-        exists for tests only.
+        ``limits`` are the org's. With ``key_limits`` (and the ``key_id`` they belong to) the
+        API key's own windows must hold too; all six are decided in the same call, and the
+        result then describes the tightest of the six. Without ``key_limits``, ``key_id`` is
+        ignored. Rejected requests write nothing. With ``count_hits=False`` a cache hit is
+        returned without checking or counting the limits. ``now_ms`` overrides the server clock
+        and exists for tests only.
         """
         if cost < 1:
             raise ValueError(f"cost must be >= 1, got {cost}")
         hits = _COUNT_HITS if count_hits else _SKIP_HITS
         now = _SERVER_CLOCK if now_ms is None else now_ms
-        ks = _limiter_keys(org_id) if cache_key is None else (*_limiter_keys(org_id), cache_key)
-        args = (*ks, limits.minute, limits.hour, limits.day, cost, hits, now)
+        ks: tuple[str, ...]
+        if key_limits is None:
+            ks = _limiter_keys(org_id) if cache_key is None else (*_limiter_keys(org_id), cache_key)
+            args = (*ks, limits.minute, limits.hour, limits.day, cost, hits, now)
+        else:
+            if key_id is None:
+                raise ValueError("key_limits needs the key_id they belong to")
+            ks = _six_window_keys(org_id, key_id)
+            if cache_key is not None:
+                ks = (*ks, cache_key)
+            args = (
+                *ks,
+                limits.minute,
+                limits.hour,
+                limits.day,
+                cost,
+                hits,
+                now,
+                _SIX_WINDOWS,
+                key_limits.minute,
+                key_limits.hour,
+                key_limits.day,
+            )
         try:
             reply = await self._redis.evalsha(self._sha, len(ks), *args)
         except NoScriptError:

@@ -26,6 +26,12 @@ def limiter_keys(org_id: str) -> tuple[str, str, str]:
     return (f"{tag}:rl:m", f"{tag}:rl:h", f"{tag}:rl:d")
 
 
+def key_limiter_keys(org_id: str, key_id: str) -> tuple[str, str, str]:
+    """One API key's own minute / hour / day windows, under its org's hash tag (same slot)."""
+    tag = org_tag(org_id)
+    return (f"{tag}:rl:k:{key_id}:m", f"{tag}:rl:k:{key_id}:h", f"{tag}:rl:k:{key_id}:d")
+
+
 def cache_key(org_id: str, endpoint: str, digest_hex: str) -> str:
     """``endpoint`` is a short name such as ``chat`` or ``embeddings``."""
     return f"{org_tag(org_id)}:c:{endpoint}:{digest_hex}"

@@ -479,3 +479,331 @@ async def test_saturated_org_footprint(gate: Gate, redis_client: redis.asyncio.R
     usage = [await redis_client.memory_usage(k, samples=0) or 0 for k in ks]
     assert sum(usage) <= 2048, usage
     assert [await redis_client.ttl(k) for k in ks] == [-1, -1, -1]
+
+
+# -- API-key windows (six in one call) ---------------------------------------------------------
+
+
+def six_keys(org: str, key_id: str) -> tuple[str, ...]:
+    return (*keys.limiter_keys(org), *keys.key_limiter_keys(org, key_id))
+
+
+async def raw6(
+    r: redis.asyncio.Redis,
+    gate: Gate,
+    org: str,
+    limits: Limits,
+    key_id: str,
+    key_limits: Limits,
+    now_ms: int,
+    *,
+    cost: int = 1,
+    cache_key: str | None = None,
+    count_hits: bool = True,
+) -> list[Any]:
+    """The script's reply to a six-window call, as is."""
+    ks = six_keys(org, key_id)
+    if cache_key is not None:
+        ks = (*ks, cache_key)
+    argv = (
+        limits.minute,
+        limits.hour,
+        limits.day,
+        cost,
+        "1" if count_hits else "0",
+        now_ms,
+        6,
+        key_limits.minute,
+        key_limits.hour,
+        key_limits.day,
+    )
+    reply: list[Any] = await r.evalsha(gate.sha, len(ks), *ks, *argv)
+    return reply
+
+
+async def snapshot6(r: redis.asyncio.Redis, org: str, key_ids: tuple[str, ...]) -> list[Any]:
+    ks = [*keys.limiter_keys(org)]
+    for k in key_ids:
+        ks += keys.key_limiter_keys(org, k)
+    return [(await r.dump(k), await r.hgetall(k)) for k in ks]
+
+
+def model_check(
+    buckets: list[dict[int, int]], lims: tuple[int, ...], now: int, cost: int
+) -> tuple[int, int, int, int, int, int]:
+    """``Model.check`` over any number of windows; window i has the length of window i % 3."""
+    n = len(lims)
+    w = [W_MS[i % 3] for i in range(n)]
+    g = [G_MS[i % 3] for i in range(n)]
+    counted = [{b: c for b, c in buckets[i].items() if b >= (now - w[i]) // g[i]} for i in range(n)]
+    total = [sum(c.values()) for c in counted]
+    allowed = all(total[i] + cost <= lims[i] for i in range(n))
+    retry = 0
+    if allowed:
+        for i in range(n):
+            b = now // g[i]
+            buckets[i][b] = buckets[i].get(b, 0) + cost
+            counted[i][b] = counted[i].get(b, 0) + cost
+            total[i] += cost
+    else:
+        for i in range(n):
+            if total[i] + cost <= lims[i]:
+                continue
+            r, left = w[i], total[i]
+            for b in sorted(counted[i]):
+                left -= counted[i][b]
+                if left + cost <= lims[i]:
+                    r = (b + 1) * g[i] + w[i] - now
+                    break
+            retry = max(retry, r)
+    rem = [max(0, lims[i] - total[i]) for i in range(n)]
+    best, best_reset = 0, 0
+    for i in range(n):
+        if rem[i] != min(rem):
+            continue
+        reset = (min(counted[i]) + 1) * g[i] + w[i] - now if counted[i] else 0
+        if best == 0 or reset >= best_reset:
+            best, best_reset = i + 1, reset
+    return int(allowed), lims[best - 1], rem[best - 1], best_reset, retry, best
+
+
+async def test_key_limiter_keys_share_the_org_slot() -> None:
+    ks = six_keys("o1", "k1")
+    assert ks[3:] == ("cog:{org:o1}:rl:k:k1:m", "cog:{org:o1}:rl:k:k1:h", "cog:{org:o1}:rl:k:k1:d")
+    assert len(set(ks)) == 6
+    tags = {k[k.index("{") : k.index("}") + 1] for k in (*ks, keys.cache_key("o1", "chat", "ab"))}
+    assert tags == {"{org:o1}"}
+
+
+async def test_key_limit_tighter_rejects_and_writes_nothing(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    org, key = Limits(100, 1000, 10_000), Limits(3, 50, 500)
+    got = [await gate.check("a", org, key_id="k", key_limits=key, now_ms=T0 + i) for i in range(3)]
+    assert [(r.allowed, r.limit, r.remaining) for r in got] == [
+        (True, 3, 2),
+        (True, 3, 1),
+        (True, 3, 0),
+    ]
+    before = await snapshot6(redis_client, "a", ("k",))
+    assert all(h for _, h in before)  # all six hashes exist and counted the request
+    drop = (T0 // 1000 + 1) * 1000 + 60_000
+    for dt in (3, 1000, 30_000):
+        reply = await raw6(redis_client, gate, "a", org, "k", key, T0 + dt)
+        assert reply == [0, 3, 0, drop - T0 - dt, drop - T0 - dt, 4, None]
+        res = await gate.check("a", org, key_id="k", key_limits=key, now_ms=T0 + dt)
+        assert (res.allowed, res.limit, res.remaining) == (False, 3, 0)
+        assert res.retry_after_s == math.ceil((drop - T0 - dt) / 1000)
+        assert await snapshot6(redis_client, "a", ("k",)) == before
+    # the org itself still has room: a call without key limits is admitted
+    assert (await gate.check("a", org, now_ms=T0 + 4)).remaining == 96
+    # the key's hour window rejects on its own, with stale minute buckets pending: still no write
+    key_h = Limits(100, 4, 500)
+    assert (await gate.check("a", org, key_id="k", key_limits=key_h, now_ms=T0 + 5)).allowed
+    before = await snapshot6(redis_client, "a", ("k",))
+    reply = await raw6(redis_client, gate, "a", org, "k", key_h, T0 + 600_000)
+    assert (reply[0], reply[1], reply[5]) == (0, 4, 5)
+    assert await snapshot6(redis_client, "a", ("k",)) == before
+
+
+async def test_org_limit_shared_by_keys(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    org, key = Limits(5, 1000, 10_000), Limits(4, 1000, 10_000)
+    a = [await gate.check("o", org, key_id="A", key_limits=key, now_ms=T0 + i) for i in range(5)]
+    assert [r.allowed for r in a] == [True, True, True, True, False]
+    # key A's own minute window (limit 4) rejects while the org (limit 5) still has room
+    reply = await raw6(redis_client, gate, "o", org, "A", key, T0 + 10)
+    assert (reply[0], reply[1], reply[2], reply[5]) == (0, 4, 0, 4)
+    # key B has room in its own windows but shares the org's: one more, then the org rejects
+    b1 = await gate.check("o", org, key_id="B", key_limits=key, now_ms=T0 + 20)
+    assert (b1.allowed, b1.limit, b1.remaining) == (True, 5, 0)
+    before = await snapshot6(redis_client, "o", ("A", "B"))
+    reply = await raw6(redis_client, gate, "o", org, "B", key, T0 + 30)
+    assert (reply[0], reply[1], reply[2], reply[5]) == (0, 5, 0, 1)
+    assert await snapshot6(redis_client, "o", ("A", "B")) == before
+    assert [int(await redis_client.hget(k, "t") or 0) for k in six_keys("o", "B")] == [5] * 3 + [
+        1
+    ] * 3
+    # the org's windows count every key's requests; each key's only its own
+    assert [int(await redis_client.hget(k, "t") or 0) for k in six_keys("o", "A")[3:]] == [4] * 3
+
+
+async def test_org_limit_tighter_rejects_at_org(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    org, key = Limits(2, 1000, 10_000), Limits(10, 1000, 10_000)
+    for i in range(2):
+        assert (await gate.check("a", org, key_id="k", key_limits=key, now_ms=T0 + i)).allowed
+    before = await snapshot6(redis_client, "a", ("k",))
+    res = await gate.check("a", org, key_id="k", key_limits=key, now_ms=T0 + 2)
+    assert (res.allowed, res.limit, res.remaining) == (False, 2, 0)
+    assert (await raw6(redis_client, gate, "a", org, "k", key, T0 + 2))[5] == 1
+    assert await snapshot6(redis_client, "a", ("k",)) == before
+
+
+async def probe_retry6(
+    r: redis.asyncio.Redis, gate: Gate, org: str, limits: Limits, key_id: str, key: Limits, t: int
+) -> list[Any]:
+    """Reject at t, reject again 1 ms before Retry-After, admit exactly at it."""
+    reply = await raw6(r, gate, org, limits, key_id, key, t)
+    assert reply[0] == 0 and reply[4] > 0
+    res = await gate.check(org, limits, key_id=key_id, key_limits=key, now_ms=t)
+    assert res.retry_after_s == max(1, math.ceil(reply[4] / 1000))
+    assert (await raw6(r, gate, org, limits, key_id, key, t + reply[4] - 1))[0] == 0
+    assert (await raw6(r, gate, org, limits, key_id, key, t + reply[4]))[0] == 1
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("org", "key", "window"),
+    [
+        # the org's minute and the key's hour both reject: the key's hour decides
+        (Limits(2, 1000, 10_000), Limits(1000, 4, 10_000), 5),
+        # the key's minute and the org's hour both reject: the org's hour decides
+        (Limits(1000, 4, 10_000), Limits(2, 1000, 10_000), 2),
+    ],
+)
+async def test_retry_after_exact_over_six_windows(
+    gate: Gate, redis_client: redis.asyncio.Redis, org: Limits, key: Limits, window: int
+) -> None:
+    for dt in (0, 1000, 120_000, 121_000):
+        assert (await gate.check("a", org, key_id="k", key_limits=key, now_ms=T0 + dt)).allowed
+    t = T0 + 125_000
+    hour_retry = (T0 // 60_000 + 1) * 60_000 + 3_600_000 - t
+    reply = await probe_retry6(redis_client, gate, "a", org, "k", key, t)
+    assert reply == [0, 4, 0, hour_retry, hour_retry, window, None]
+
+
+async def test_random_six_windows_match_model_and_brute_force(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    rng = random.Random(20260102)
+    org = Limits(9, 50, 200)
+    key_lims = {"A": Limits(5, 30, 120), "B": Limits(7, 25, 1000), "C": Limits(100, 100, 45)}
+    org_buckets: list[dict[int, int]] = [{}, {}, {}]
+    key_buckets: dict[str, list[dict[int, int]]] = {k: [{}, {}, {}] for k in key_lims}
+    admitted: list[tuple[int, int, str]] = []
+    rejected_by: set[int] = set()
+    t, probes = T0, 0
+    pending: list[tuple[int, int, str, int]] = []
+    for _ in range(3000):
+        if pending:
+            t, cost, k, expect = pending.pop(0)
+        else:
+            x = rng.random()
+            scale = 50 if x < 0.4 else 3000 if x < 0.7 else 120_000 if x < 0.9 else 1_800_000
+            if x > 0.995:
+                scale = 2 * 86_400_000
+            t += rng.randrange(0, scale)
+            cost, k, expect = rng.choice((1, 1, 1, 2, 3)), rng.choice("ABC"), -1
+        kl = key_lims[k]
+        lims = (org.minute, org.hour, org.day, kl.minute, kl.hour, kl.day)
+        reply = await raw6(redis_client, gate, "p", org, k, kl, t, cost=cost)
+        expected = model_check(org_buckets + key_buckets[k], lims, t, cost)
+        assert tuple(reply[:6]) == expected, (t, cost, k)
+        if expect != -1:
+            assert reply[0] == expect
+        if reply[0]:
+            admitted.append((t, cost, k))
+            continue
+        rejected_by.add(reply[5])
+        if not pending and rng.random() < 0.3:
+            probes += 1
+            pending = [(t + reply[4] - 1, cost, k, 0), (t + reply[4], cost, k, 1)]
+    assert probes > 30 and len(admitted) > 500
+    assert rejected_by == {1, 2, 3, 4, 5, 6}
+
+    def brute(events: list[tuple[int, int]], lims: tuple[int, int, int]) -> None:
+        for now, _ in events:
+            for i in range(3):
+                n = sum(c for ts, c in events if now - W_MS[i] <= ts <= now)
+                assert n <= lims[i], (now, i)
+
+    brute([(ts, c) for ts, c, _ in admitted], (org.minute, org.hour, org.day))
+    for k, kl in key_lims.items():
+        brute([(ts, c) for ts, c, kk in admitted if kk == k], (kl.minute, kl.hour, kl.day))
+
+
+async def test_concurrent_checks_admit_exactly_the_key_limit(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    org, key = Limits(100, 1000, 10_000), Limits(5, 100, 1000)
+    results = await asyncio.gather(
+        *(gate.check("a", org, key_id="k", key_limits=key) for _ in range(20))
+    )
+    assert sum(r.allowed for r in results) == 5
+    assert sorted(r.remaining for r in results if r.allowed) == [0, 1, 2, 3, 4]
+    assert all(r.retry_after_s >= 1 and r.limit == 5 for r in results if not r.allowed)
+    assert [int(await redis_client.hget(k, "t") or 0) for k in six_keys("a", "k")] == [5] * 6
+
+
+async def test_key_windows_with_cache(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    ck = keys.cache_key("a", "chat", "9a" * 16)
+    org, key = Limits(100, 1000, 10_000), Limits(2, 100, 1000)
+    await redis_client.set(ck, b"v", ex=60)
+    res = await gate.check("a", org, ck, key_id="k", key_limits=key, now_ms=T0)
+    assert (res.allowed, res.cached, res.remaining) == (True, b"v", 1)  # the hit counted
+    # an uncounted hit skips all six windows, even a full key window
+    assert (await gate.check("a", org, key_id="k", key_limits=key, now_ms=T0)).remaining == 0
+    before = await snapshot6(redis_client, "a", ("k",))
+    res = await gate.check("a", org, ck, count_hits=False, key_id="k", key_limits=key, now_ms=T0)
+    assert (res.allowed, res.cached, res.remaining) == (True, b"v", 0)
+    # a counted hit on a full key window: rejected, cache never read, nothing written
+    await redis_client.config_resetstat()
+    res = await gate.check("a", org, ck, key_id="k", key_limits=key, now_ms=T0)
+    assert not res.allowed and res.cached is None
+    assert "get" not in await commandstats(redis_client)
+    assert await snapshot6(redis_client, "a", ("k",)) == before
+
+
+async def test_key_id_without_key_limits_is_three_windows(
+    gate: Gate, redis_client: redis.asyncio.Redis
+) -> None:
+    res = await gate.check("a", Limits(5, 10, 20), key_id="k", now_ms=T0)
+    assert (res.allowed, res.remaining) == (True, 4)
+    assert await redis_client.exists(*keys.key_limiter_keys("a", "k")) == 0
+    with pytest.raises(ValueError, match="key_id"):
+        await gate.check("a", Limits(5, 10, 20), key_limits=Limits(1, 1, 1))
+
+
+async def test_six_window_invalid_arguments(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    ks = six_keys("a", "k")
+    with pytest.raises(ResponseError, match="limit 5 is not a number"):
+        await redis_client.evalsha(gate.sha, 6, *ks, 5, 5, 5, 1, "1", T0, 6, 5, "x", 5)
+    with pytest.raises(ResponseError, match="window count must be 3 or 6"):
+        await redis_client.evalsha(gate.sha, 6, *ks, 5, 5, 5, 1, "1", T0, 4, 5, 5, 5)
+    with pytest.raises(ResponseError, match="6 window keys expected"):
+        await redis_client.evalsha(gate.sha, 3, *ks[:3], 5, 5, 5, 1, "1", T0, 6, 5, 5, 5)
+    # an explicit "3" (or "") means the version 1 layout: KEYS[4] is the cache key
+    ck = keys.cache_key("a", "chat", "77" * 16)
+    await redis_client.set(ck, b"c", ex=60)
+    for n in ("3", ""):
+        reply = await redis_client.evalsha(gate.sha, 4, *ks[:3], ck, 5, 5, 5, 1, "1", T0, n)
+        assert reply[0] == 1 and reply[6] == b"c"
+    assert await redis_client.exists(*ks[3:]) == 0
+
+
+async def test_six_window_hit_is_one_command(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
+    ck = keys.cache_key("a", "chat", "34" * 16)
+    await redis_client.set(ck, b"v", ex=60)
+    org, key = Limits(100, 3000, 50000), Limits(60, 1000, 10_000)
+    await gate.check("a", org, ck, key_id="k", key_limits=key)  # warm
+    sent: list[object] = []
+    execute = redis_client.execute_command
+
+    async def counting(*args: Any, **options: Any) -> Any:
+        sent.append(args[0])
+        return await execute(*args, **options)
+
+    await redis_client.config_resetstat()
+    redis_client.execute_command = counting  # type: ignore[method-assign]
+    try:
+        res = await gate.check("a", org, ck, key_id="k", key_limits=key)
+    finally:
+        del redis_client.execute_command
+    assert (res.cached, res.limit, res.remaining) == (b"v", 60, 58)
+    stats = await commandstats(redis_client)
+    assert sent == ["EVALSHA"]
+    assert stats.pop("evalsha") == 1
+    assert stats.pop("config|resetstat") == 1
+    assert stats.pop("get") == 1
+    assert set(stats) <= {"hmget", "hget", "hset", "hdel", "del", "time"}, stats
