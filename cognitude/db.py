@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -50,5 +51,10 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return applied_now
 
 
-async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+async def create_pool(dsn: str, min_size: int, max_size: int,
+                      reset: Any = None) -> asyncpg.Pool:
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=reset)
+
+
+async def no_reset(conn: asyncpg.Connection) -> None:
+    """For pools whose queries leave no session state (no LISTEN, locks, SET, cursors)."""
