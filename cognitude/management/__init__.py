@@ -1,0 +1,1 @@
+"""The management API: organizations, API keys, provider credentials, limits and settings."""
