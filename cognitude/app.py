@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import config as config_mod
-from . import db, tokens
+from . import db, openapi, tokens
 from .accounting import Accountant
 from .analytics import analytics_usage
 from .auth import KeyCache, create_org, require_key
@@ -41,7 +41,9 @@ from .errors import (
 from .gate import Gate
 from .invalidation import Invalidator
 from .maintenance import Maintenance
+from .management import accounts, cache_settings, limits, providers
 from .metrics import metrics
+from .openapi import OpenAPIEndpoint
 from .pricing import load_catalog
 from .proxy import ProxyRoute
 from .state import AppState
@@ -148,6 +150,15 @@ async def _open_postgres(cfg: Config) -> asyncpg.Pool:
     return pool
 
 
+def openapi_document(cfg: Config) -> dict[str, Any]:
+    return openapi.build(
+        accounts.OPENAPI_PATHS,
+        providers.openapi_paths(tuple(p.name for p in cfg.providers)),
+        limits.OPENAPI_PATHS,
+        cache_settings.openapi_paths(cfg),
+    )
+
+
 class CognitudeApp:
     """Top-level ASGI callable: exact-path dispatch to the raw hot routes, else Starlette."""
 
@@ -161,6 +172,11 @@ class CognitudeApp:
                 Route("/v1/models", models, methods=["GET"]),
                 Route("/analytics/usage", analytics_usage, methods=["GET"]),
                 Route("/metrics", metrics, methods=["GET"]),
+                Route("/openapi.json", OpenAPIEndpoint(openapi_document(cfg)), methods=["GET"]),
+                *accounts.ROUTES,
+                *providers.ROUTES,
+                *limits.ROUTES,
+                *cache_settings.ROUTES,
             ],
             exception_handlers={
                 ProxyError: _proxy_error,

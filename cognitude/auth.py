@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from starlette.requests import Request
@@ -31,10 +31,32 @@ UNSUBSCRIBED_TTL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """An org's effective cache settings (its overrides over ``[cache]``)."""
+
+    enabled: bool
+    ttl_s: int
+    only_deterministic: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """An org's own key for a provider (decrypted once per key-cache TTL, kept in memory
+    only), with the headers built once and the base URL it goes to."""
+
+    base_url: str | None  # None: the provider's configured base_url
+    headers: dict[str, str]
+    secret: bytes  # to scrub from upstream error bodies
+
+
+@dataclass(frozen=True, slots=True)
 class KeyInfo:
     key_id: str
     org_id: str
     limits: Limits
+    key_limits: Limits | None = None  # the key's own, narrower limits (all three set)
+    cache: CachePolicy | None = None  # None: the [cache] defaults
+    credentials: dict[str, Credential] = field(default_factory=dict)  # provider → own key
 
 
 def new_key() -> str:
@@ -59,11 +81,19 @@ def token_from_headers(authorization: bytes | None, x_api_key: bytes | None) -> 
     return None
 
 
+# One query per key per TTL: the key, its org's limits and cache settings, and whether the
+# org stored provider credentials (fetched and decrypted only then).
 _LOOKUP_SQL = """
-SELECT k.id, k.org_id, r.requests_per_minute, r.requests_per_hour, r.requests_per_day
+SELECT k.id, k.org_id, r.requests_per_minute, r.requests_per_hour, r.requests_per_day,
+       k.requests_per_minute AS key_rpm, k.requests_per_hour AS key_rph,
+       k.requests_per_day AS key_rpd,
+       c.enabled AS cache_enabled, c.ttl_s AS cache_ttl_s,
+       c.only_deterministic AS cache_only_deterministic,
+       EXISTS (SELECT 1 FROM provider_credentials p WHERE p.org_id = k.org_id) AS has_creds
 FROM api_keys k
 JOIN organizations o ON o.id = k.org_id
 LEFT JOIN rate_limit_configs r ON r.org_id = k.org_id
+LEFT JOIN cache_configs c ON c.org_id = k.org_id
 WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT o.disabled
   AND (k.expires_at IS NULL OR k.expires_at > now())
 """
@@ -72,11 +102,14 @@ WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT o.disabled
 class KeyCache:
     """key hash → KeyInfo, from config (static keys) or Postgres, cached with a TTL."""
 
-    __slots__ = ("_pool", "_ttl", "_defaults", "_static", "_entries", "subscribed")
+    __slots__ = ("_pool", "_ttl", "_defaults", "_cache_defaults", "_encryption_key", "_static",
+                 "_entries", "subscribed")
 
     def __init__(self, cfg: Config, secrets_: Secrets, pool: asyncpg.Pool | None) -> None:
         self._pool = pool
         self._ttl = cfg.auth.key_cache_ttl_s
+        self._cache_defaults = cfg.cache
+        self._encryption_key = secrets_.encryption_key
         rl = cfg.rate_limits
         self._defaults = Limits(rl.requests_per_minute, rl.requests_per_hour, rl.requests_per_day)
         self._static = {
@@ -147,15 +180,33 @@ class KeyCache:
         if row is None:
             return None
         d = self._defaults
-        return KeyInfo(
-            key_id=row["id"],
-            org_id=row["org_id"],
-            limits=Limits(
-                row["requests_per_minute"] or d.minute,
-                row["requests_per_hour"] or d.hour,
-                row["requests_per_day"] or d.day,
-            ),
-        )
+        limits = Limits(row["requests_per_minute"] or d.minute,
+                        row["requests_per_hour"] or d.hour, row["requests_per_day"] or d.day)
+        key_limits = None
+        if row["key_rpm"] or row["key_rph"] or row["key_rpd"]:
+            # A window the key does not narrow is bounded by the org's own limit anyway.
+            key_limits = Limits(row["key_rpm"] or limits.minute, row["key_rph"] or limits.hour,
+                                row["key_rpd"] or limits.day)
+        cache = None
+        if (row["cache_enabled"], row["cache_ttl_s"], row["cache_only_deterministic"]) != (
+                None, None, None):
+            c = self._cache_defaults
+            cache = CachePolicy(
+                c.enabled if row["cache_enabled"] is None else row["cache_enabled"],
+                c.ttl_s if row["cache_ttl_s"] is None else row["cache_ttl_s"],
+                c.only_deterministic if row["cache_only_deterministic"] is None
+                else row["cache_only_deterministic"])
+        credentials: dict[str, Credential] = {}
+        if row["has_creds"]:
+            from .management.providers import org_provider_overrides
+
+            own = await org_provider_overrides(self._pool, self._encryption_key, row["org_id"])
+            credentials = {
+                name: Credential(base_url.rstrip("/") if base_url else None,
+                                 {"Content-Type": "application/json",
+                                  "Authorization": f"Bearer {key}"}, key.encode())
+                for name, (key, base_url) in own.items()}
+        return KeyInfo(row["id"], row["org_id"], limits, key_limits, cache, credentials)
 
 
 async def require_key(request: Request) -> KeyInfo:

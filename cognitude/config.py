@@ -140,6 +140,9 @@ class ProviderConfig:
     kind: str = "openai"
     api_key_env: str = ""
     models: tuple[str, ...] = ()
+    # Orgs that stored no key of their own (POST /providers/config) may use this provider's
+    # config-level key; false makes every org bring its own.
+    shared_key: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +206,7 @@ class Secrets:
     provider_keys: dict[str, str]  # provider name → key ("" when the env var is unset)
     static_key_hashes: dict[str, StaticKey]  # sha256 hex → declaration
     admin_key_hash: str  # sha256 hex of the operator key, "" when unset
-    encryption_key: bytes | None  # 32 bytes for AES-256-GCM, None when unset
+    encryption_key: bytes | None = None  # 32 bytes for AES-256-GCM, None when unset
 
 
 _SECTIONS: dict[str, type] = {

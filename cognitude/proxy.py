@@ -23,12 +23,13 @@ from redis.exceptions import RedisError
 
 from . import cache_key, sse
 from .accounting import RequestLog
-from .auth import token_from_headers
+from .auth import CachePolicy, token_from_headers
 from .errors import (
     AuthenticationError,
     InvalidRequest,
     MethodNotAllowed,
     PayloadTooLarge,
+    PermissionDenied,
     ProxyError,
     RateLimited,
     ServiceUnavailable,
@@ -125,9 +126,9 @@ class ProxyRoute:
         self.streamable = streamable
         cfg = state.cfg
         self.max_body = cfg.server.max_body_bytes
-        self.cache_enabled = cfg.cache.enabled
-        self.only_deterministic = cfg.cache.only_deterministic
-        self.default_ttl = cfg.cache.ttl_s
+        # The [cache] defaults; an org's own settings (KeyInfo.cache) replace them.
+        self.cache_policy = CachePolicy(cfg.cache.enabled, cfg.cache.ttl_s,
+                                        cfg.cache.only_deterministic)
         self.max_ttl = cfg.cache.max_ttl_s
         self.count_hits = cfg.rate_limits.count_cache_hits
         self.fail_open = cfg.redis.fail_open
@@ -204,10 +205,11 @@ class ProxyRoute:
         req.provider = provider.name
         req.stream = stream = self.streamable and doc.get("stream") is True
 
-        # Cache policy from config and the request's own headers.
-        read_cache = write_cache = self.cache_enabled
-        ttl = self.default_ttl
-        if read_cache and self.only_deterministic and not cache_key.is_deterministic(doc):
+        # Cache policy: the org's settings (or the defaults), then the request's headers.
+        policy = info.cache or self.cache_policy
+        read_cache = write_cache = policy.enabled
+        ttl = policy.ttl_s
+        if read_cache and policy.only_deterministic and not cache_key.is_deterministic(doc):
             read_cache = write_cache = False
         if cache_control is not None:
             if b"no-store" in cache_control:
@@ -227,7 +229,7 @@ class ProxyRoute:
         try:
             gate = await state.gate.check(
                 info.org_id, info.limits, ckey if read_cache else None,
-                count_hits=self.count_hits,
+                count_hits=self.count_hits, key_id=info.key_id, key_limits=info.key_limits,
             )
         except (RedisError, OSError) as exc:
             if not self.fail_open:
@@ -273,14 +275,26 @@ class ProxyRoute:
         if read_cache:
             req.cache_status = b"MISS"
 
-        url = provider.base_url + self.upstream_path
+        # The org's own credential for this provider when it stored one, else the
+        # config-level key (if the provider shares it).
+        cred = info.credentials.get(provider.name) if info.credentials else None
+        if cred is not None:
+            url = (cred.base_url or provider.base_url) + self.upstream_path
+            headers, secret = cred.headers, cred.secret
+        elif provider.shared:
+            url = provider.base_url + self.upstream_path
+            headers, secret = provider.headers, provider.secret
+        else:
+            raise PermissionDenied(
+                f"Provider `{provider.name}` needs your organization's own key: store it "
+                "with POST /providers/config.", code="provider_key_required")
         u0 = perf_counter()
         with map_upstream_errors(provider.name):
-            async with state.session.post(url, data=body, headers=provider.headers) as resp:
+            async with state.session.post(url, data=body, headers=headers) as resp:
                 if resp.status != 200:
                     err_body = await resp.read()
                     req.upstream_s = perf_counter() - u0
-                    err = error_from_upstream(provider, resp.status, err_body,
+                    err = error_from_upstream(provider.name, secret, resp.status, err_body,
                                               resp.headers.get("retry-after"))
                     err.headers.extend(routing)
                     raise err

@@ -31,6 +31,7 @@ class Provider:
     headers: dict[str, str]  # auth + content type, built once
     name_header: bytes  # for X-Cognitude-Provider
     secret: bytes  # the provider key, only to scrub it from upstream error bodies
+    shared: bool  # orgs without their own credential may use the config-level key
 
 
 class Providers:
@@ -53,7 +54,8 @@ class Providers:
             key = secrets_.provider_keys.get(p.name, "")
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-            prov = Provider(p.name, p.base_url.rstrip("/"), headers, p.name.encode(), key.encode())
+            prov = Provider(p.name, p.base_url.rstrip("/"), headers, p.name.encode(), key.encode(),
+                            p.shared_key)
             self.all.append(prov)
             for m in p.models:
                 self.by_model[m] = prov
@@ -113,16 +115,15 @@ def map_upstream_errors(provider: str) -> Iterator[None]:
         ) from None
 
 
-def error_from_upstream(provider: Provider, status: int, body: bytes,
+def error_from_upstream(name: str, secret: bytes, status: int, body: bytes,
                         retry_after: str | None) -> UpstreamError:
     """An upstream non-2xx as our error: 4xx passed through (in OpenAI shape), 5xx → 502.
 
     A provider may quote the key it was sent (401 messages do); it is scrubbed here so that
     no response of ours ever carries it.
     """
-    if provider.secret and provider.secret in body:
-        body = body.replace(provider.secret, b"[redacted]")
-    name = provider.name
+    if secret and secret in body:
+        body = body.replace(secret, b"[redacted]")
     if 400 <= status < 500:
         try:
             doc = orjson.loads(body)

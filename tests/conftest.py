@@ -134,7 +134,7 @@ class Proxy:
 
 
 def write_config(path: Path, *, redis_url: str, pg_dsn: str, upstream_url: str, port: int,
-                 extra: str = "") -> None:
+                 extra: str = "", provider_extra: str = "") -> None:
     path.write_text(f"""
 data_dir = "{path.parent / 'data'}"
 [server]
@@ -155,17 +155,19 @@ read_timeout_s = 2.0
 base_url = "{upstream_url}/v1"
 api_key_env = "MOCK_PROVIDER_KEY"
 models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+{provider_extra}
 {extra}
 """)
 
 
 def start_proxy(tmp: Path, *, redis_url: str, pg_dsn: str, upstream_url: str,
-                extra: str = "", env: dict[str, str] | None = None) -> Proxy:
+                extra: str = "", provider_extra: str = "",
+                env: dict[str, str] | None = None) -> Proxy:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = tmp / "config.toml"
     write_config(cfg, redis_url=redis_url, pg_dsn=pg_dsn, upstream_url=upstream_url,
-                 port=port, extra=extra)
+                 port=port, extra=extra, provider_extra=provider_extra)
     log_path = tmp / "proxy.log"
     full_env = {**os.environ, "MOCK_PROVIDER_KEY": "sk-mock-provider-secret-123",
                 **(env or {})}

@@ -1,0 +1,145 @@
+"""What the management API sets, the hot path honours: per-key limits, per-org cache
+settings and rate limits, and an org's own provider key — on the next request."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+import asyncpg
+import httpx
+
+from cognitude import cache_key, keys
+from cognitude.auth import hash_key
+from tests.conftest import assert_openai_error, chat
+
+ENC = {"COGNITUDE_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode()}
+
+
+async def sql(dsn: str, query: str, *args: object) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(query, *args)
+    finally:
+        await conn.close()
+
+
+async def test_per_key_limits_narrow_one_key_only(proxy_factory, org_factory, pg_dsn, mock):
+    p = proxy_factory(env=ENC)
+    org = await org_factory()
+    await sql(pg_dsn, "UPDATE api_keys SET requests_per_minute = 2 WHERE key_hash = $1",
+              hash_key(org.key))
+    async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
+        # A second key of the same org, without limits of its own.
+        r = await c.post("/auth/keys", json={"name": "unlimited"}, headers=org.headers)
+        assert r.status_code == 201, r.text
+        other = {"Authorization": f"Bearer {r.json()['api_key']}"}
+        for i in range(2):
+            r = await c.post("/v1/chat/completions", json=chat(f"k{i}"), headers=org.headers)
+            assert r.status_code == 200
+        r = await c.post("/v1/chat/completions", json=chat("k3"), headers=org.headers)
+        assert_openai_error(r, 429, "rate_limit_exceeded")
+        assert r.headers["x-ratelimit-limit"] == "2"
+        r = await c.post("/v1/chat/completions", json=chat("other key"), headers=other)
+        assert r.status_code == 200
+
+
+async def test_rate_limit_change_applies_to_the_next_request_on_every_replica(
+        proxy_factory, org_factory, mock):
+    replicas = [proxy_factory("[auth]\nkey_cache_ttl_s = 60.0\n", env=ENC) for _ in range(2)]
+    org = await org_factory()
+    clients = [httpx.AsyncClient(base_url=p.url, timeout=10) for p in replicas]
+    try:
+        for c in clients:
+            r = await c.post("/v1/chat/completions", json=chat("warm"), headers=org.headers)
+            assert r.headers["x-ratelimit-limit"] == "100"
+        r = await clients[0].put("/rate-limits/config", json={"requests_per_minute": 3},
+                                 headers=org.headers)
+        assert r.status_code == 200, r.text
+        await asyncio.sleep(0.2)  # pub/sub delivery to the other replica
+        r = await clients[1].post("/v1/chat/completions", json=chat("after"),
+                                  headers=org.headers)
+        assert r.headers["x-ratelimit-limit"] == "3"
+        assert r.headers["x-ratelimit-remaining"] == "0"  # 3 admitted in this minute
+        r = await clients[0].post("/v1/chat/completions", json=chat("over"), headers=org.headers)
+        assert r.status_code == 429
+        r = await clients[1].put("/rate-limits/config", json={"requests_per_minute": 50},
+                                 headers=org.headers)
+        await asyncio.sleep(0.2)
+        r = await clients[0].post("/v1/chat/completions", json=chat("raised"),
+                                  headers=org.headers)
+        assert r.status_code == 200 and r.headers["x-ratelimit-limit"] == "50"
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+async def test_org_cache_settings(proxy_factory, org_factory, mock, redis_client):
+    p = proxy_factory(env=ENC)
+    org = await org_factory()
+    async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
+        r = await c.put("/cache/config", json={"ttl_s": 7}, headers=org.headers)
+        assert r.status_code == 200, r.text
+        body = chat("short ttl")
+        await c.post("/v1/chat/completions", json=body, headers=org.headers)
+        await asyncio.sleep(0.05)
+        ttl = await redis_client.ttl(keys.cache_key(org.org_id, "chat", cache_key.digest(body)))
+        assert 0 < ttl <= 7
+        await c.put("/cache/config", json={"only_deterministic": True}, headers=org.headers)
+        r = await c.post("/v1/chat/completions", json=chat("creative"), headers=org.headers)
+        assert r.headers["x-cognitude-cache"] == "BYPASS"
+        r = await c.post("/v1/chat/completions", json=chat("exact", temperature=0),
+                         headers=org.headers)
+        assert r.headers["x-cognitude-cache"] == "MISS"
+        await c.put("/cache/config", json={"enabled": False}, headers=org.headers)
+        r = await c.post("/v1/chat/completions", json=chat("exact", temperature=0),
+                         headers=org.headers)
+        assert r.headers["x-cognitude-cache"] == "BYPASS"
+
+
+async def test_an_orgs_own_provider_key_is_used_and_never_leaks(proxy_factory, org_factory,
+                                                                mock, pg_dsn):
+    p = proxy_factory(env=ENC)
+    a, b = await org_factory(), await org_factory()
+    own = "sk-org-a-own-secret-" + os.urandom(8).hex()
+    async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
+        r = await c.post("/providers/config", json={"provider": "mock", "api_key": own},
+                         headers=a.headers)
+        assert r.status_code == 201, r.text
+        assert own not in r.text
+        await c.post("/v1/chat/completions", json=chat("a's traffic"), headers=a.headers)
+        assert mock.stats()["last_request"]["headers"]["authorization"] == f"Bearer {own}"
+        await c.post("/v1/chat/completions", json=chat("b's traffic"), headers=b.headers)
+        assert mock.stats()["last_request"]["headers"]["authorization"] == (
+            "Bearer sk-mock-provider-secret-123")
+        # An upstream error quoting the key it got never carries it back.
+        mock.fail("400")
+        r = await c.post("/v1/chat/completions", json=chat("a again"), headers=a.headers)
+        assert own not in r.text
+        listed = await c.get("/providers", headers=a.headers)
+        assert own not in listed.text
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch("SELECT * FROM provider_credentials")
+    finally:
+        await conn.close()
+    assert rows and all(own.encode() not in bytes(r["ciphertext"]) for r in rows)
+    assert all(own not in str(v) for r in rows for v in r.values())
+    assert own not in p.log()
+
+
+async def test_provider_without_shared_key_needs_the_orgs_own(proxy_factory, org_factory, mock):
+    p = proxy_factory(env=ENC, provider_extra="shared_key = false")
+    org = await org_factory()
+    async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
+        r = await c.post("/v1/chat/completions", json=chat("no own key"), headers=org.headers)
+        err = assert_openai_error(r, 403, code="provider_key_required")
+        assert "/providers/config" in err["message"]
+        assert mock.stats()["requests"] == 0
+        r = await c.post("/providers/config", json={"provider": "mock", "api_key": "sk-own-1234567"},
+                         headers=org.headers)
+        assert r.status_code == 201
+        r = await c.post("/v1/chat/completions", json=chat("own key"), headers=org.headers)
+        assert r.status_code == 200
+        assert mock.stats()["last_request"]["headers"]["authorization"] == "Bearer sk-own-1234567"
