@@ -43,7 +43,6 @@ from .invalidation import Invalidator
 from .maintenance import Maintenance
 from .management import accounts, cache_settings, limits, providers
 from .metrics import metrics
-from .openapi import OpenAPIEndpoint
 from .pricing import load_catalog
 from .proxy import ProxyRoute
 from .state import AppState
@@ -90,6 +89,14 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return Response(error_body("Internal server error.", "server_error", None, "internal_error"),
                     status_code=500, media_type="application/json")
+
+
+# Every error Starlette sees, rendered in the OpenAI envelope (its defaults are plain text).
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ProxyError: _proxy_error,
+    HTTPException: _http_error,
+    Exception: _server_error,
+}
 
 
 def _state(request: Request) -> AppState:
@@ -172,17 +179,13 @@ class CognitudeApp:
                 Route("/v1/models", models, methods=["GET"]),
                 Route("/analytics/usage", analytics_usage, methods=["GET"]),
                 Route("/metrics", metrics, methods=["GET"]),
-                Route("/openapi.json", OpenAPIEndpoint(openapi_document(cfg)), methods=["GET"]),
+                Route("/openapi.json", openapi.endpoint(openapi_document(cfg)), methods=["GET"]),
                 *accounts.ROUTES,
                 *providers.ROUTES,
                 *limits.ROUTES,
                 *cache_settings.ROUTES,
             ],
-            exception_handlers={
-                ProxyError: _proxy_error,
-                HTTPException: _http_error,
-                Exception: _server_error,
-            },
+            exception_handlers=EXCEPTION_HANDLERS,
             lifespan=self.lifespan,
         )
 

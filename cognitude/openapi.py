@@ -8,6 +8,7 @@ OpenAI's own API and are not re-described here.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -93,11 +94,11 @@ def build(*path_sets: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class OpenAPIEndpoint:
-    """Serves a document built once (at app construction)."""
+def endpoint(doc: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
+    """A route function serving ``doc``, serialised once at app construction."""
+    body = orjson.dumps(doc)
 
-    def __init__(self, doc: dict[str, Any]) -> None:
-        self.body = orjson.dumps(doc)
+    async def openapi_json(request: Request) -> Response:
+        return Response(body, media_type="application/json")
 
-    async def __call__(self, request: Request) -> Response:
-        return Response(self.body, media_type="application/json")
+    return openapi_json

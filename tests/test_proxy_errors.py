@@ -250,3 +250,38 @@ async def test_error_headers_are_not_duplicated(client, org_factory, mock):
         assert r.status_code == status
         assert len(r.headers.get_list("x-request-id")) == 1
         assert r.headers["x-cognitude-model"] == "gpt-4o-mini"
+
+
+def test_unhandled_exception_on_a_starlette_route_is_openai_json(caplog):
+    """A bug in a management route answers 500 in the OpenAI envelope, never a trace."""
+    import threading
+    import time
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from cognitude.app import EXCEPTION_HANDLERS
+
+    async def boom(request):
+        raise RuntimeError("a bug with a secret sk-do-not-echo")
+
+    app = Starlette(routes=[Route("/boom", boom)], exception_handlers=EXCEPTION_HANDLERS)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", loop="uvloop",
+                                           http="httptools"))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = httpx.get(f"http://127.0.0.1:{sock.getsockname()[1]}/boom", timeout=5)
+    finally:
+        server.should_exit = True
+        t.join(10)
+        sock.close()
+    err = assert_openai_error(r, 500, "server_error", "internal_error")
+    assert "sk-do-not-echo" not in r.text and "Traceback" not in r.text
+    assert err["message"] == "Internal server error."
