@@ -57,6 +57,8 @@ class GateResult:
     reset_s: int  # whole seconds (ceil) until the tightest window's remaining increases
     retry_after_s: int  # on rejection: ceil(retry_after_ms / 1000), >= 1; 0 when allowed
     cached: bytes | None  # the cached value when admitted and present
+    # The tightest window: 1-3 the org's minute/hour/day, 4-6 the API key's own.
+    window: int = 1
 
 
 # Key names are pure functions of the org id; memoising them spares three f-strings per
@@ -168,7 +170,7 @@ class Gate:
 
 
 def _parse(reply: list[Any]) -> GateResult:
-    allowed, limit, remaining, reset_ms, retry_ms, _window, cached = reply
+    allowed, limit, remaining, reset_ms, retry_ms, window, cached = reply
     return GateResult(
         allowed=allowed == 1,
         limit=limit,
@@ -176,4 +178,5 @@ def _parse(reply: list[Any]) -> GateResult:
         reset_s=_ceil_s(reset_ms),
         retry_after_s=0 if allowed == 1 else max(1, _ceil_s(retry_ms)),
         cached=cached,
+        window=window,
     )

@@ -50,6 +50,9 @@ SSE_HEADERS = [
 ]
 
 
+_WINDOW_NAMES = ("minute", "hour", "day")
+
+
 class ClientGone(Exception):
     """The client disconnected before we answered; nothing to send."""
 
@@ -242,9 +245,11 @@ class ProxyRoute:
 
         if gate is not None and not gate.allowed:
             retry = str(gate.retry_after_s).encode()
+            whose = "this API key" if gate.window > 3 else "your organization"
+            span = _WINDOW_NAMES[(gate.window - 1) % 3]
             raise RateLimited(
-                f"Rate limit reached for your organization ({gate.limit} requests in the "
-                f"tightest window). Retry after {gate.retry_after_s} s.",
+                f"Rate limit reached for {whose}: {gate.limit} requests per {span}. "
+                f"Retry after {gate.retry_after_s} s.",
                 headers=[(b"retry-after", retry), *limit_headers],
             )
 

@@ -39,7 +39,8 @@ async def test_per_key_limits_narrow_one_key_only(proxy_factory, org_factory, pg
             r = await c.post("/v1/chat/completions", json=chat(f"k{i}"), headers=org.headers)
             assert r.status_code == 200
         r = await c.post("/v1/chat/completions", json=chat("k3"), headers=org.headers)
-        assert_openai_error(r, 429, "rate_limit_exceeded")
+        err = assert_openai_error(r, 429, "rate_limit_exceeded")
+        assert "this API key: 2 requests per minute" in err["message"]
         assert r.headers["x-ratelimit-limit"] == "2"
         r = await c.post("/v1/chat/completions", json=chat("other key"), headers=other)
         assert r.status_code == 200

@@ -19,6 +19,7 @@ async def test_20_concurrent_against_limit_5_admit_exactly_5(client, org_factory
     for r in limited:
         err = assert_openai_error(r, 429, "rate_limit_exceeded")
         assert err["code"] == "rate_limit_exceeded"
+        assert "your organization: 5 requests per minute" in err["message"]
         assert 1 <= int(r.headers["retry-after"]) <= 61
         assert r.headers["x-ratelimit-remaining"] == "0"
         assert r.headers["x-ratelimit-limit"] == "5"
