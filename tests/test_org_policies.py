@@ -144,3 +144,40 @@ async def test_provider_without_shared_key_needs_the_orgs_own(proxy_factory, org
         r = await c.post("/v1/chat/completions", json=chat("own key"), headers=org.headers)
         assert r.status_code == 200
         assert mock.stats()["last_request"]["headers"]["authorization"] == "Bearer sk-own-1234567"
+
+
+async def test_full_flow_register_key_provider_limits_on_two_replicas(proxy_factory, mock):
+    """register → second key → own provider key → limits → revoke, across two replicas
+    that trust their key cache for a minute: every change shows on the other replica."""
+    a, b = (proxy_factory("[auth]\nkey_cache_ttl_s = 60.0\n", env=ENC) for _ in range(2))
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as ca, \
+            httpx.AsyncClient(base_url=b.url, timeout=10) as cb:
+        r = await ca.post("/auth/register", json={
+            "name": "Flow", "email": f"flow-{os.urandom(4).hex()}@example.com",
+            "password": "a long passphrase"})
+        assert r.status_code == 201, r.text
+        first = {"Authorization": f"Bearer {r.json()['api_key']}"}
+        r = await ca.post("/auth/keys", json={"name": "second"}, headers=first)
+        second_id, second = r.json()["id"], {"Authorization": f"Bearer {r.json()['api_key']}"}
+        own = "sk-flow-" + os.urandom(8).hex()
+        assert (await ca.post("/providers/config", json={"provider": "mock", "api_key": own},
+                              headers=first)).status_code == 201
+        r = await cb.post("/v1/chat/completions", json=chat("flow 1"), headers=second)
+        assert r.status_code == 200
+        assert mock.stats()["last_request"]["headers"]["authorization"] == f"Bearer {own}"
+        assert (await ca.put("/rate-limits/config", json={"requests_per_minute": 2},
+                             headers=first)).status_code == 200
+        await asyncio.sleep(0.2)
+        r = await cb.post("/v1/chat/completions", json=chat("flow 2"), headers=second)
+        assert r.status_code == 200 and r.headers["x-ratelimit-limit"] == "2"
+        r = await cb.post("/v1/chat/completions", json=chat("flow 3"), headers=second)
+        assert r.status_code == 429
+        usage = (await cb.get("/rate-limits/usage", headers=first)).json()
+        assert usage["minute"]["used"] == 2 and usage["minute"]["remaining"] == 0
+        # Revoke the second key on replica A: replica B refuses it within a second.
+        assert (await ca.delete(f"/auth/keys/{second_id}", headers=first)).status_code == 200
+        t0 = asyncio.get_running_loop().time()
+        while (await cb.get("/v1/models", headers=second)).status_code != 401:
+            assert asyncio.get_running_loop().time() - t0 < 1.0
+            await asyncio.sleep(0.02)
+        assert (await cb.get("/v1/models", headers=first)).status_code == 200
