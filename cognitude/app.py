@@ -8,6 +8,7 @@ created at import time.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -266,6 +267,9 @@ class CognitudeApp:
                 "/v1/chat/completions": ProxyRoute(state, "chat", "/chat/completions", True),
                 "/v1/embeddings": ProxyRoute(state, "embeddings", "/embeddings", False),
             }
+            # Everything allocated so far lives until shutdown: move it out of the cyclic
+            # GC's generations so collections during traffic scan only per-request objects.
+            gc.freeze()
             yield
         finally:
             self.hot = {}

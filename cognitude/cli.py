@@ -210,6 +210,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # Our own headers say who answered; uvicorn's would cost bytes on every reply.
             server_header=False,
             date_header=False,
+            # A loopback sidecar: X-Forwarded-* rewriting is a per-request middleware we
+            # have no use for (nothing here reads the client address).
+            proxy_headers=False,
         )
     except ConfigError as exc:
         return _fail(str(exc))
