@@ -38,6 +38,13 @@ DELETE FROM response_cache WHERE cache_key IN (
     SELECT cache_key FROM response_cache WHERE expires_at < now() LIMIT 5000)
 """
 _PURGE_EVERY_S = 60.0
+# Does the org have live entries older than its Redis epoch (i.e. ones Redis lost)? Asked once
+# per org per epoch, then again this often (pre-epoch entries expire, and reads stop then).
+_MAY_HOLD_SQL = """
+SELECT EXISTS (SELECT 1 FROM response_cache
+               WHERE org_id = $1 AND created_at < $2 AND expires_at > now())
+"""
+_RECHECK_S = 60.0
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -52,9 +59,12 @@ class ColdCache:
         self._read_timeout = read_timeout_ms / 1000
         self._queue: deque[tuple[str, str, bytes, datetime]] = deque()
         self._task: asyncio.Task[None] | None = None
+        # org → (epoch it was checked against, may hold entries Redis lost, checked at)
+        self._orgs: dict[str, tuple[int, bool, float]] = {}
         self.entries_written = 0
         self.entries_dropped = 0
         self.read_errors = 0
+        self.reads = 0
 
     def put(self, key: str, org_id: str, value: bytes, ttl_s: int) -> None:
         """Queue an entry (synchronous, never blocks: called right after a response)."""
@@ -63,9 +73,40 @@ class ColdCache:
             return
         self._queue.append((key, org_id, value, datetime.now(UTC) + timedelta(seconds=ttl_s)))
 
+    async def may_hold(self, org_id: str, epoch: int | None) -> bool:
+        """Whether a Redis miss for ``org_id`` is worth a cold read.
+
+        Every entry is written to Redis before the cold tier, so entries written after the
+        org's Redis epoch began are in Redis unless they expired (then they are expired here
+        too) or were evicted. Only entries older than the epoch - from a Redis dataset that
+        was lost (restart without persistence, failover, flush) - can turn a Redis miss into
+        a hit. Without an epoch (not asked, Redis down) the read happens as before.
+        """
+        if epoch is None:
+            return True
+        now = time.monotonic()
+        known = self._orgs.get(org_id)
+        if known is not None and known[0] == epoch and now - known[2] < _RECHECK_S:
+            return known[1]
+        # Redis's clock (the epoch) against Postgres's (created_at): skew between the two only
+        # costs efficiency - a few more reads, or a missed chance of a cold hit - never a
+        # wrong answer, since every read still checks the entry's own expiry.
+        since = datetime.fromtimestamp(epoch / 1000, UTC)
+        try:
+            holds = bool(await self._pool.fetchval(_MAY_HOLD_SQL, org_id, since,
+                                                   timeout=self._read_timeout * 4))
+        except _DB_ERRORS:
+            self.read_errors += 1
+            return False
+        if len(self._orgs) >= 100_000:
+            self._orgs.clear()
+        self._orgs[org_id] = (epoch, holds, now)
+        return holds
+
     async def get(self, key: str) -> tuple[bytes, int] | None:
         """(value, remaining TTL in seconds) or None. A slow or absent Postgres is a miss:
         the upstream answers instead, so this read never costs more than its timeout."""
+        self.reads += 1
         try:
             row = await self._pool.fetchrow(_GET_SQL, key, timeout=self._read_timeout)
         except _DB_ERRORS:

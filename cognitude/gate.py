@@ -38,6 +38,8 @@ _SKIP_HITS = b"0"
 _SERVER_CLOCK = b"0"
 # ARGV[7]: six window keys (the org's, then the API key's); absent means three.
 _SIX_WINDOWS = b"6"
+_THREE_WINDOWS = b"3"
+_WANT_EPOCH = b"1"
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,12 +61,16 @@ class GateResult:
     cached: bytes | None  # the cached value when admitted and present
     # The tightest window: 1-3 the org's minute/hour/day, 4-6 the API key's own.
     window: int = 1
+    # With want_epoch: server ms when this Redis dataset first admitted the org (None when
+    # not asked, or absent and not created by this call).
+    epoch: int | None = None
 
 
 # Key names are pure functions of the org id; memoising them spares three f-strings per
 # request. Bounded because org ids come from the (bounded) set of provisioned orgs, but a
 # runaway set must not grow without limit.
 _limiter_keys = lru_cache(maxsize=8192)(keys.limiter_keys)
+_epoch_key = lru_cache(maxsize=8192)(keys.epoch_key)
 
 
 @lru_cache(maxsize=16384)
@@ -124,6 +130,7 @@ class Gate:
         now_ms: int | None = None,
         key_id: str | None = None,
         key_limits: Limits | None = None,
+        want_epoch: bool = False,
     ) -> GateResult:
         """Count one request (``cost`` requests) against ``limits`` and look up ``cache_key``.
 
@@ -131,46 +138,44 @@ class Gate:
         API key's own windows must hold too; all six are decided in the same call, and the
         result then describes the tightest of the six. Without ``key_limits``, ``key_id`` is
         ignored. Rejected requests write nothing. With ``count_hits=False`` a cache hit is
-        returned without checking or counting the limits. ``now_ms`` overrides the server clock
-        and exists for tests only.
+        returned without checking or counting the limits. ``want_epoch`` also returns the org's
+        Redis epoch (see gate.lua ARGV[11]). ``now_ms`` overrides the server clock and exists
+        for tests only.
         """
         if cost < 1:
             raise ValueError(f"cost must be >= 1, got {cost}")
         hits = _COUNT_HITS if count_hits else _SKIP_HITS
         now = _SERVER_CLOCK if now_ms is None else now_ms
         ks: tuple[str, ...]
+        argv: tuple[Any, ...]
         if key_limits is None:
-            ks = _limiter_keys(org_id) if cache_key is None else (*_limiter_keys(org_id), cache_key)
-            args = (*ks, limits.minute, limits.hour, limits.day, cost, hits, now)
+            ks = _limiter_keys(org_id)
+            argv = (limits.minute, limits.hour, limits.day, cost, hits, now)
+            if want_epoch:
+                argv = (*argv, _THREE_WINDOWS, "", "", "", _WANT_EPOCH)
         else:
             if key_id is None:
                 raise ValueError("key_limits needs the key_id they belong to")
             ks = _six_window_keys(org_id, key_id)
-            if cache_key is not None:
-                ks = (*ks, cache_key)
-            args = (
-                *ks,
-                limits.minute,
-                limits.hour,
-                limits.day,
-                cost,
-                hits,
-                now,
-                _SIX_WINDOWS,
-                key_limits.minute,
-                key_limits.hour,
-                key_limits.day,
-            )
+            argv = (limits.minute, limits.hour, limits.day, cost, hits, now, _SIX_WINDOWS,
+                    key_limits.minute, key_limits.hour, key_limits.day)
+            if want_epoch:
+                argv = (*argv, _WANT_EPOCH)
+        if cache_key is not None:
+            ks = (*ks, cache_key)
+        if want_epoch:
+            ks = (*ks, _epoch_key(org_id))
         try:
-            reply = await self._redis.evalsha(self._sha, len(ks), *args)
+            reply = await self._redis.evalsha(self._sha, len(ks), *ks, *argv)
         except NoScriptError:
             await self.load()
-            reply = await self._redis.evalsha(self._sha, len(ks), *args)
+            reply = await self._redis.evalsha(self._sha, len(ks), *ks, *argv)
         return _parse(reply)
 
 
 def _parse(reply: list[Any]) -> GateResult:
-    allowed, limit, remaining, reset_ms, retry_ms, window, cached = reply
+    allowed, limit, remaining, reset_ms, retry_ms, window, cached = reply[:7]
+    epoch = int(reply[7]) if len(reply) > 7 and reply[7] is not None else None
     return GateResult(
         allowed=allowed == 1,
         limit=limit,
@@ -179,4 +184,5 @@ def _parse(reply: list[Any]) -> GateResult:
         retry_after_s=0 if allowed == 1 else max(1, _ceil_s(retry_ms)),
         cached=cached,
         window=window,
+        epoch=epoch,
     )

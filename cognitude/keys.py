@@ -32,6 +32,11 @@ def key_limiter_keys(org_id: str, key_id: str) -> tuple[str, str, str]:
     return (f"{tag}:rl:k:{key_id}:m", f"{tag}:rl:k:{key_id}:h", f"{tag}:rl:k:{key_id}:d")
 
 
+def epoch_key(org_id: str) -> str:
+    """When this Redis dataset first admitted the org (set by gate.lua, no TTL)."""
+    return f"{org_tag(org_id)}:epoch"
+
+
 def cache_key(org_id: str, endpoint: str, digest_hex: str) -> str:
     """``endpoint`` is a short name such as ``chat`` or ``embeddings``."""
     return f"{org_tag(org_id)}:c:{endpoint}:{digest_hex}"

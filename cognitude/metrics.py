@@ -47,6 +47,7 @@ def render(st: AppState) -> str:
              st.cold.entries_written),
             ("entries_dropped", "Cache entries not written to the cold tier.",
              st.cold.entries_dropped),
+            ("reads", "Cold-tier reads after a Redis miss.", st.cold.reads),
             ("read_errors", "Cold-tier reads that failed or timed out.", st.cold.read_errors),
         ):
             _line(out, f"cognitude_cold_cache_{name}_total", "counter", help_, [("", value)])

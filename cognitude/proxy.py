@@ -233,6 +233,7 @@ class ProxyRoute:
             gate = await state.gate.check(
                 info.org_id, info.limits, ckey if read_cache else None,
                 count_hits=self.count_hits, key_id=info.key_id, key_limits=info.key_limits,
+                want_epoch=read_cache and state.cold is not None,
             )
         except (RedisError, OSError) as exc:
             if not self.fail_open:
@@ -267,9 +268,10 @@ class ProxyRoute:
                 req.cache_status = b"HIT"
                 await self._send_hit(send, req, doc, stored, common)
                 return
-        if read_cache and ckey is not None and state.cold is not None:
-            # Redis missed: the Postgres copy may still hold it (Redis restarted, evicted,
-            # or a fresh replica). Bounded by cache.cold_read_timeout_ms.
+        if (read_cache and ckey is not None and state.cold is not None and gate is not None
+                and await state.cold.may_hold(info.org_id, gate.epoch)):
+            # Redis missed, and this org has Postgres copies from before Redis lost its data
+            # (restart, failover, flush): read it, bounded by cache.cold_read_timeout_ms.
             found = await state.cold.get(ckey)
             stored = state.codec.decode(found[0]) if found is not None else None
             if found is not None and stored is not None:

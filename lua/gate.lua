@@ -1,17 +1,20 @@
 #!lua
 --[[
-gate.lua (layout version 1, contract version 2) - one EVALSHA per proxied request: decides the
+gate.lua (layout version 1, contract version 3) - one EVALSHA per proxied request: decides the
 minute / hour / day sliding windows of one organization, and optionally those of one of its API
 keys, and, if admitted, returns the cached response in the same round trip. Parsed by
 cognitude/gate.py (Gate.check); contract in DESIGN section 6.
-Contract version 2 added ARGV[7..10] (key-level windows); every version 1 call is still valid
-and means the same. The hash layout is unchanged (layout version 1).
+Contract version 2 added ARGV[7..10] (key-level windows), version 3 ARGV[11] (the org's Redis
+epoch); every earlier call is still valid and means the same. The hash layout is unchanged
+(layout version 1).
 
 KEYS  nwin = ARGV[7] window keys, then the optional cache key
   [1] [2] [3]  limiter hashes of the org's minute / hour / day windows (keys.limiter_keys(org_id))
   [4] [5] [6]  only when nwin = 6: the API key's minute / hour / day windows
                (keys.key_limiter_keys(org_id, key_id))
   [nwin + 1]   optional cache key (keys.cache_key(...)); absent = no cache lookup
+  [last]       only when ARGV[11] = "1": the org's epoch key (keys.epoch_key(org_id)); the
+               cache key is then present only when #KEYS = nwin + 2
   Keys are always passed in, never built here, so the script is Redis Cluster safe (they share
   the org's hash tag, hence one slot).
 
@@ -24,6 +27,10 @@ ARGV
   [6]          now in ms since the epoch, TESTS ONLY; "" or "0" = the server's TIME
   [7]          nwin: number of window keys, "3" (default, also when absent or "") or "6"
   [8] [9] [10] only when nwin = 6: limits of the key's minute / hour / day window (windows 4..6)
+  [11]         "1": also return the org's epoch - the server time (ms) at which this Redis
+               dataset first admitted a request of the org - creating it (no TTL) on
+               admission when absent. The proxy reads the cold cache tier only for orgs whose
+               Postgres entries predate their epoch (i.e. Redis lost them).
   Windows 4..6 have the lengths and granules of windows 1..3. An org's windows are shared by all
   its keys; a key's windows only by its own requests. Every window must hold.
 
@@ -40,6 +47,8 @@ REPLY  a flat array
                       4 minute, 5 hour, 6 day (the key's, nwin = 6 only)
   [7] cached          the cache value, bytes exactly as stored, when admitted (or served as an
                       uncounted hit) and present; otherwise nil
+  [8] epoch           only with ARGV[11] = "1": the epoch as a string, or nil when it is absent
+                      and this call wrote nothing (a rejection, an uncounted hit)
   The tightest window is the one with the lowest remaining; ties go to the later reset, so that
   the reported reset is when the reported remaining really increases.
   On a count_hits="0" hit, [2]..[4] describe the windows read-only (nothing is counted).
@@ -115,9 +124,12 @@ if not now or now <= 0 then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+local epoch_key = ARGV[11] == '1' and KEYS[#KEYS] or nil
+local nkeys = epoch_key and #KEYS - 1 or #KEYS
+
 -- An uncounted hit (count_hits "0") is served before the limits are even read; a miss then
 -- goes through the limits without a second GET.
-local cache_key = KEYS[nwin + 1]
+local cache_key = nkeys > nwin and KEYS[nwin + 1] or nil
 local hit = false
 if cache_key and ARGV[5] == '0' then
   hit = redis.call('GET', cache_key)
@@ -301,4 +313,13 @@ if counted then
   end
 end
 
+if epoch_key then
+  local epoch = redis.call('GET', epoch_key)
+  if not epoch and counted then
+    -- No TTL: it must live exactly as long as this dataset (a restart or flush resets it).
+    epoch = tostring(now)
+    redis.call('SET', epoch_key, epoch)
+  end
+  return { allowed, lim[best], best_rem, best_reset, retry, best, hit, epoch }
+end
 return { allowed, lim[best], best_rem, best_reset, retry, best, hit }

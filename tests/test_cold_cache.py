@@ -87,3 +87,31 @@ async def test_cold_tier_off(proxy_factory, org_factory, mock, redis_client, pg_
         await redis_client.flushall()
         r = await c.post("/v1/chat/completions", json=body, headers=org.headers)
         assert r.headers["x-cognitude-cache"] == "MISS"
+
+
+async def test_cold_tier_is_read_only_after_redis_lost_data(client, org_factory, mock,
+                                                            redis_client, pg_dsn):
+    """Misses of an org whose Redis state never went away cost no Postgres read; after a
+    loss (flush/restart) the cold copies are read and served."""
+    import re
+
+    def reads(text: str) -> int:
+        m = re.search(r"^cognitude_cold_cache_reads_total (\d+)", text, re.M)
+        assert m, text
+        return int(m.group(1))
+
+    org = await org_factory()
+    body = chat("cold epoch 0")
+    await client.post("/v1/chat/completions", json=body, headers=org.headers)
+    assert await wait_cold_row(pg_dsn, keys.cache_key(org.org_id, "chat",
+                                                      cache_key.digest(body)))
+    before = reads((await client.get("/metrics")).text)
+    for i in range(1, 6):
+        r = await client.post("/v1/chat/completions", json=chat(f"cold epoch {i}"),
+                              headers=org.headers)
+        assert r.headers["x-cognitude-cache"] == "MISS"
+    assert reads((await client.get("/metrics")).text) == before  # no cold read at all
+    await redis_client.flushall()  # Redis lost everything
+    r = await client.post("/v1/chat/completions", json=body, headers=org.headers)
+    assert r.headers["x-cognitude-cache"] == "HIT"
+    assert reads((await client.get("/metrics")).text) == before + 1

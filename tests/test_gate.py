@@ -807,3 +807,30 @@ async def test_six_window_hit_is_one_command(gate: Gate, redis_client: redis.asy
     assert stats.pop("config|resetstat") == 1
     assert stats.pop("get") == 1
     assert set(stats) <= {"hmget", "hget", "hset", "hdel", "del", "time"}, stats
+
+
+async def test_epoch_is_created_on_admission_and_survives_until_the_data_does(redis_client):
+    gate = Gate(redis_client)
+    await gate.load()
+    limits = Limits(2, 100, 1000)
+    first = await gate.check("ep", limits, want_epoch=True, now_ms=T0)
+    assert first.allowed and first.epoch == T0
+    assert await redis_client.ttl(keys.epoch_key("ep")) == -1  # no TTL, like limiter keys
+    again = await gate.check("ep", limits, want_epoch=True, now_ms=T0 + 500)
+    assert again.epoch == T0
+    rejected = await gate.check("ep", limits, want_epoch=True, now_ms=T0 + 600)
+    assert not rejected.allowed and rejected.epoch == T0
+    plain = await gate.check("ep", BIG)
+    assert plain.epoch is None  # not asked
+    await redis_client.flushall()
+    # A rejection never writes, so a lost epoch is only recreated by an admission.
+    r = await gate.check("ep2", Limits(0, 0, 0), want_epoch=True, now_ms=T0)
+    assert not r.allowed and r.epoch is None
+    assert await redis_client.exists(keys.epoch_key("ep2")) == 0
+    r = await gate.check("ep", limits, "cog:{org:ep}:c:chat:x", want_epoch=True,
+                         now_ms=T0 + 10_000)
+    assert r.allowed and r.epoch == T0 + 10_000 and r.cached is None
+    await redis_client.set("cog:{org:ep}:c:chat:x", b"v")
+    r = await gate.check("ep", BIG, "cog:{org:ep}:c:chat:x", want_epoch=True,
+                         key_id="k1", key_limits=Limits(5, 5, 5), now_ms=T0 + 20_000)
+    assert r.cached == b"v" and r.epoch == T0 + 10_000
