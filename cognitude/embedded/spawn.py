@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import pwd
 import queue
@@ -160,45 +161,43 @@ def _on_long_lived_thread(fn: Callable[[], _T]) -> _T:
     return fut.result()
 
 
-_userns_checked: tuple[int, str | None] | None = None
-
-
 def _userns_error() -> str | None:
     """None if this process can create user namespaces, else why not (cached per pid)."""
-    global _userns_checked
-    if _userns_checked is None or _userns_checked[0] != os.getpid():
-        error: str | None = None
-        if _LIBC is None:
-            error = "not Linux"
-        else:
-            setup = _child_setup((1, 1))
+    return _userns_error_for(os.getpid())
 
-            def probe() -> None:
-                # Report why, via stderr: an exception raised in a preexec_fn reaches the
-                # parent only as "Exception occurred in preexec_fn".
-                try:
-                    setup()
-                except OSError as exc:
-                    os.write(2, str(exc).encode())
-                    os._exit(1)
 
-            try:
-                proc = _on_long_lived_thread(
-                    lambda: subprocess.Popen(
-                        [sys.executable or "/bin/true", "-S", "-c", ""],
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                        preexec_fn=probe,
-                    )
-                )
-                _, err = proc.communicate(timeout=30)
-                if proc.returncode != 0:
-                    error = err.decode(errors="replace").strip() or f"exit {proc.returncode}"
-            except (OSError, subprocess.SubprocessError) as exc:
-                error = str(exc)
-        _userns_checked = (os.getpid(), error)
-    return _userns_checked[1]
+@functools.lru_cache(maxsize=4)
+def _userns_error_for(pid: int) -> str | None:
+    # Keyed by pid: a forked child re-probes instead of trusting its parent's answer.
+    if _LIBC is None:
+        return "not Linux"
+    setup = _child_setup((1, 1))
+
+    def probe() -> None:
+        # Report why, via stderr: an exception raised in a preexec_fn reaches the
+        # parent only as "Exception occurred in preexec_fn".
+        try:
+            setup()
+        except OSError as exc:
+            os.write(2, str(exc).encode())
+            os._exit(1)
+
+    try:
+        proc = _on_long_lived_thread(
+            lambda: subprocess.Popen(
+                [sys.executable or "/bin/true", "-S", "-c", ""],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=probe,
+            )
+        )
+        _, err = proc.communicate(timeout=30)
+        if proc.returncode != 0:
+            return err.decode(errors="replace").strip() or f"exit {proc.returncode}"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    return None
 
 
 def _postgres_run_as() -> _RunAs:
