@@ -27,6 +27,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check cognitude tests bench
 	$(BIN)/mypy cognitude
 
+# overhead.py rewrites bench/RESULTS.md; the other two replace their own sections in it.
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/locust_run.py
+	$(BIN)/python bench/writer.py
+
 bench-micro: $(STAMP)
 	$(BIN)/pytest -m bench -p no:cacheprovider bench
 

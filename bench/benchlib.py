@@ -223,3 +223,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def replace_section(path: Path, heading: str, text: str) -> None:
+    """Put ``text`` (which starts with ``## heading``) in place of that level-2 section of
+    ``path`` (up to the next ``## `` line), or append it when absent; the rest of the file
+    is kept. So scripts that each own one section can re-run in any order, except
+    ``overhead.py``, which rewrites the whole file and must therefore run first."""
+    title = f"## {heading}"
+    lines = path.read_text().splitlines() if path.exists() else ["# Cognitude benchmarks", ""]
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == title), None)
+    new = text.rstrip("\n").splitlines()
+    if start is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", *new]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        lines[start:end] = [*new, ""] if end < len(lines) else new
+    path.write_text("\n".join(lines) + "\n")
