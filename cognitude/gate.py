@@ -16,20 +16,18 @@ a ``SCRIPT EXISTS`` round trip to every call.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, ResponseError
-
 from cognitude import keys
+from cognitude.lua_script import LUA_DIR, LuaScript
 
 if TYPE_CHECKING:
     import redis.asyncio
 
-GATE_LUA_PATH: Path = Path(__file__).resolve().parent.parent / "lua" / "gate.lua"
+GATE_LUA_PATH: Path = LUA_DIR / "gate.lua"
 
 # ARGV[5] of gate.lua, as the bytes the client would encode anyway.
 _COUNT_HITS = b"1"
@@ -79,15 +77,6 @@ def _six_window_keys(org_id: str, key_id: str) -> tuple[str, ...]:
     return (*_limiter_keys(org_id), *keys.key_limiter_keys(org_id, key_id))
 
 
-def _strip_shebang(source: str) -> str:
-    """The script without its ``#!lua`` line, for Redis < 7.0 (which cannot parse it).
-
-    The newline stays so that error line numbers still match the file.
-    """
-    first, sep, rest = source.partition("\n")
-    return sep + rest if first.startswith("#!") else source
-
-
 def _ceil_s(ms: int) -> int:
     return -(-ms // 1000)
 
@@ -95,29 +84,18 @@ def _ceil_s(ms: int) -> int:
 class Gate:
     """Calls ``lua/gate.lua``; one instance per Redis client, created by the lifespan."""
 
-    __slots__ = ("_redis", "_source", "_sha")
+    __slots__ = ("_script",)
 
     def __init__(self, redis: redis.asyncio.Redis, source: str | None = None) -> None:
-        self._redis = redis
-        self._source = GATE_LUA_PATH.read_text(encoding="utf-8") if source is None else source
-        # The SHA is known without a round trip, so check() works even if load() never ran:
-        # the first call then takes the NOSCRIPT path once.
-        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
+        self._script = LuaScript(redis, GATE_LUA_PATH, source)
 
     @property
     def sha(self) -> str:
-        return self._sha
+        return self._script.sha
 
     async def load(self) -> None:
         """``SCRIPT LOAD`` the script (at start, and after ``NOSCRIPT``)."""
-        try:
-            self._sha = await self._redis.script_load(self._source)
-        except ResponseError as exc:
-            # Redis 6.2 compiles the shebang line as Lua and fails on its '#'; without the
-            # line the script runs there as a legacy script (writes allowed, no OOM pre-check).
-            if "near '#'" not in str(exc):
-                raise
-            self._sha = await self._redis.script_load(_strip_shebang(self._source))
+        await self._script.load()
 
     async def check(
         self,
@@ -165,12 +143,7 @@ class Gate:
             ks = (*ks, cache_key)
         if want_epoch:
             ks = (*ks, _epoch_key(org_id))
-        try:
-            reply = await self._redis.evalsha(self._sha, len(ks), *ks, *argv)
-        except NoScriptError:
-            await self.load()
-            reply = await self._redis.evalsha(self._sha, len(ks), *ks, *argv)
-        return _parse(reply)
+        return _parse(await self._script.run(ks, argv))
 
 
 def _parse(reply: list[Any]) -> GateResult:

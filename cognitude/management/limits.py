@@ -15,14 +15,13 @@ Decisions:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -33,9 +32,10 @@ from ..auth import require_admin, require_key
 from ..config import Config
 from ..errors import InvalidRequest, NotFound, ServiceUnavailable
 from ..invalidation import publish
+from ..lua_script import LUA_DIR, LuaScript
 from ..state import AppState
 
-USAGE_LUA_PATH: Path = Path(__file__).resolve().parents[2] / "lua" / "limits_usage.lua"
+USAGE_LUA_PATH: Path = LUA_DIR / "limits_usage.lua"
 
 MAX_LIMIT = 10**9
 MAX_ORG_ID_LEN = 200
@@ -88,11 +88,6 @@ def _state(request: Request) -> AppState:
 # ---- the read-only usage script ------------------------------------------------------------
 
 
-def _strip_shebang(source: str) -> str:
-    first, sep, rest = source.partition("\n")
-    return sep + rest if first.startswith("#!") else source
-
-
 @dataclass(slots=True, frozen=True)
 class WindowUsage:
     used: int
@@ -102,33 +97,22 @@ class WindowUsage:
 class UsageReader:
     """Runs ``lua/limits_usage.lua`` by SHA; reloads once on ``NOSCRIPT`` (as ``Gate``)."""
 
-    __slots__ = ("_redis", "_source", "_sha")
+    __slots__ = ("_script",)
 
     def __init__(self, redis: Any, source: str | None = None) -> None:
-        self._redis = redis
-        self._source = USAGE_LUA_PATH.read_text(encoding="utf-8") if source is None else source
-        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
+        self._script = LuaScript(redis, USAGE_LUA_PATH, source)
 
     @property
     def sha(self) -> str:
-        return self._sha
+        return self._script.sha
 
     async def load(self) -> None:
-        try:
-            self._sha = await self._redis.script_load(self._source)
-        except ResponseError as exc:
-            if "near '#'" not in str(exc):  # Redis 6.2 cannot parse the shebang line
-                raise
-            self._sha = await self._redis.script_load(_strip_shebang(self._source))
+        await self._script.load()
 
     async def read(self, org_id: str, *, now_ms: int | None = None) -> list[WindowUsage]:
         """minute, hour, day. ``now_ms`` overrides the server clock, for tests only."""
-        args = (*keys.limiter_keys(org_id), 0 if now_ms is None else now_ms)
-        try:
-            reply = await self._redis.evalsha(self._sha, 3, *args)
-        except NoScriptError:
-            await self.load()
-            reply = await self._redis.evalsha(self._sha, 3, *args)
+        reply = await self._script.run(keys.limiter_keys(org_id),
+                                       (0 if now_ms is None else now_ms,))
         return [WindowUsage(int(reply[i]), int(reply[i + 1])) for i in range(0, 6, 2)]
 
 
