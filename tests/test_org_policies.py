@@ -138,8 +138,8 @@ async def test_provider_without_shared_key_needs_the_orgs_own(proxy_factory, org
         err = assert_openai_error(r, 403, code="provider_key_required")
         assert "/providers/config" in err["message"]
         assert mock.stats()["requests"] == 0
-        r = await c.post("/providers/config", json={"provider": "mock", "api_key": "sk-own-1234567"},
-                         headers=org.headers)
+        r = await c.post("/providers/config", headers=org.headers,
+                         json={"provider": "mock", "api_key": "sk-own-1234567"})
         assert r.status_code == 201
         r = await c.post("/v1/chat/completions", json=chat("own key"), headers=org.headers)
         assert r.status_code == 200
