@@ -139,30 +139,27 @@ class ProxyRoute:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         req = RequestLog(os.urandom(12).hex(), perf_counter(), self.endpoint)
-        started = False
-
-        async def tracked_send(message: dict) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"Method {scope['method']} not allowed; use POST.",
                                        headers=[(b"allow", b"POST")])
-            await self._handle(scope, receive, tracked_send, req)
+            await self._handle(scope, receive, send, req)
         except ClientGone:
             req.status = 499  # nginx's "client closed request": nothing was answered
             req.error_type = "client_disconnected"
         except ProxyError as exc:
+            # req.status is set just before a response starts: non-zero means the headers
+            # are out (a mid-stream error was already written as an SSE error event).
+            started = req.status != 0
             req.status = exc.status_code
             req.error_type = exc.instance_code or exc.type
-            if not started:  # mid-stream errors were already written as an SSE error event
+            if not started:
                 await send_error(send, exc, [(b"x-request-id", req.rid.encode())])
         except Exception:
             # Outermost boundary of the hot route: an unexpected bug must still answer in
             # OpenAI JSON (uvicorn's default 500 is plain text) and be logged with its trace.
             log.exception("unhandled error in %s", scope.get("path"))
+            started = req.status != 0
             req.status = 500
             req.error_type = "internal_error"
             if not started:
@@ -357,10 +354,10 @@ class ProxyRoute:
         """Pass SSE through chunk by chunk; stop reading upstream if the client leaves."""
         req.acc = acc = sse.StreamAccumulator()
         timing = _timing(req.gate_s, req.upstream_s, perf_counter() - req.t0)
+        req.status = 200
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*SSE_HEADERS, (b"x-cognitude-cache", req.cache_status),
                                 *common, timing]})
-        req.status = 200
         # uvicorn drops sends to a gone client silently; the only signal is receive()
         # returning http.disconnect, so watch it while the stream runs.
         gone = asyncio.ensure_future(receive())
