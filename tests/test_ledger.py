@@ -198,6 +198,48 @@ async def test_postgres_lost_mid_load_loses_and_duplicates_nothing(
         cut.close()
 
 
+async def test_postgres_process_stopped_and_restarted_mid_load(
+        proxy_factory, redis_url, mock, tmp_path):
+    """A real stop of the PostgreSQL server (backends killed, in-flight transactions gone)
+    and a restart, mid-load. A private server is used so the rest of the suite is untouched;
+    the forwarder gives the restarted server (on a new port) the proxy's old address."""
+    from cognitude.embedded import EmbeddedServices
+    from tests.conftest import _migrate, make_org
+
+    svc = EmbeddedServices(tmp_path / "pg", redis=False, postgres=True, fast=True)
+    svc.start()
+    try:
+        dsn = svc.postgres_dsn or ""
+        await _migrate(dsn)
+        host_port = dsn.split("@", 1)[1].split("/", 1)[0]
+        fwd = TcpCut(int(host_port.split(":")[1]))
+        p = proxy_factory("[auth]\nkey_cache_ttl_s = 0.5\n", redis_url=redis_url,
+                          pg_dsn=dsn.replace(host_port, f"127.0.0.1:{fwd.port}"))
+        org = await make_org(dsn, rpm=10_000)
+        ids: list[str] = []
+        async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
+            for i in range(120):
+                if i == 30:
+                    svc.stop()  # SIGINT fast shutdown: every connection is dropped
+                    fwd.cut()
+                if i == 90:
+                    svc.start()
+                    new = (svc.postgres_dsn or "").split("@", 1)[1].split("/", 1)[0]
+                    fwd.target = int(new.split(":")[1])
+                    dsn = svc.postgres_dsn or ""
+                    fwd.restore()
+                r = await c.post("/v1/chat/completions", json=chat(f"restart {i}"),
+                                 headers=org.headers)
+                assert r.status_code == 200, (i, r.text)
+                ids.append(r.headers["x-request-id"])
+                await asyncio.sleep(0.01)
+        rows = await wait_rows(dsn, org.org_id, len(ids), timeout=30)
+        assert sorted(r["request_id"] for r in rows) == sorted(ids)
+        fwd.close()
+    finally:
+        svc.stop()
+
+
 async def test_sigterm_under_load_loses_no_row(proxy_factory, org_factory, pg_dsn, mock):
     p = proxy_factory()
     org = await org_factory(rpm=10_000)
