@@ -15,7 +15,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import asyncpg
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -29,6 +28,7 @@ from . import config as config_mod
 from . import db, openapi, tokens
 from .accounting import Accountant
 from .analytics import analytics_usage
+from .api import json_response
 from .auth import KeyCache, create_org, require_key
 from .cache_key import ValueCodec
 from .cold_cache import ColdCache
@@ -51,10 +51,6 @@ from .upstream import Providers, create_session
 from .usage import UsageWriter
 
 log = logging.getLogger("cognitude")
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def error_response(exc: ProxyError) -> Response:
