@@ -135,10 +135,15 @@ def _redis_client(cfg: Config) -> aioredis.Redis:
             cfg.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout,
             max_connections=cfg.redis.pool_size,
         )
-    return aioredis.Redis.from_url(
+    # A blocking pool: when every connection is busy a request waits (up to the socket
+    # timeout) for one. The default pool raises MaxConnectionsError instead, which fail-open
+    # turned into requests served without limits or cache under load (found by
+    # bench/throughput.py at 32-64 concurrent connections).
+    pool = aioredis.BlockingConnectionPool.from_url(
         cfg.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        max_connections=cfg.redis.pool_size, decode_responses=False,
+        max_connections=cfg.redis.pool_size, timeout=timeout, decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
 
 async def _open_postgres(cfg: Config) -> asyncpg.Pool:

@@ -106,3 +106,21 @@ async def test_openai_sdk_raises_rate_limit_error(proxy, org_factory, mock):
             assert int(exc.response.headers["retry-after"]) >= 1
         else:
             raise AssertionError("expected RateLimitError")
+
+
+async def test_a_busy_redis_pool_waits_instead_of_failing_open(proxy_factory, org_factory,
+                                                               mock):
+    """More concurrent requests than pooled Redis connections: every one is still limited
+    and cached (a non-blocking pool raised MaxConnectionsError and fail-open served those
+    requests with no limits at all)."""
+    import httpx
+
+    # Two connections: the invalidation subscriber holds one, 40 requests share the other.
+    p = proxy_factory(env={"COGNITUDE_REDIS_POOL_SIZE": "2"})
+    org = await org_factory(rpm=25)
+    async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
+        rs = await asyncio.gather(*(
+            c.post("/v1/chat/completions", json=chat(f"pool {i}"), headers=org.headers)
+            for i in range(40)))
+    assert sorted(r.status_code for r in rs) == [200] * 25 + [429] * 15
+    assert all(r.headers.get("x-cognitude-cache") == "MISS" for r in rs if r.status_code == 200)
