@@ -27,9 +27,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check cognitude tests bench
 	$(BIN)/mypy cognitude
 
-# overhead.py rewrites bench/RESULTS.md; the other two replace their own sections in it.
+# Each script replaces its own sections of bench/RESULTS.md (overhead.py keeps the others).
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/locust_run.py
 	$(BIN)/python bench/writer.py
 

@@ -228,8 +228,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def replace_section(path: Path, heading: str, text: str) -> None:
     """Put ``text`` (which starts with ``## heading``) in place of that level-2 section of
     ``path`` (up to the next ``## `` line), or append it when absent; the rest of the file
-    is kept. So scripts that each own one section can re-run in any order, except
-    ``overhead.py``, which rewrites the whole file and must therefore run first."""
+    is kept. So scripts that each own one section can re-run in any order; ``overhead.py``
+    regenerates its own sections and carries the others over (``KEPT_SECTIONS``)."""
     title = f"## {heading}"
     lines = path.read_text().splitlines() if path.exists() else ["# Cognitude benchmarks", ""]
     start = next((i for i, ln in enumerate(lines) if ln.rstrip() == title), None)
@@ -243,3 +243,24 @@ def replace_section(path: Path, heading: str, text: str) -> None:
                    len(lines))
         lines[start:end] = [*new, ""] if end < len(lines) else new
     path.write_text("\n".join(lines) + "\n")
+
+
+# Sections of RESULTS.md that other scripts (or people) own; overhead.py, which regenerates
+# the file, carries them over unchanged.
+KEPT_SECTIONS = ("What stands in the way", "Throughput", "Locust", "Usage writer")
+
+
+def sections(path: Path, headings: Sequence[str]) -> list[tuple[str, str]]:
+    """(heading, text) of each level-2 section of ``path`` named in ``headings``, in file
+    order; text runs from its ``## `` line up to the next one."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("## ")]
+    out = []
+    for n, i in enumerate(starts):
+        heading = lines[i][3:].rstrip()
+        if heading in headings:
+            end = starts[n + 1] if n + 1 < len(starts) else len(lines)
+            out.append((heading, "\n".join(lines[i:end]).rstrip("\n") + "\n"))
+    return out

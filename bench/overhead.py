@@ -8,7 +8,9 @@ mock-upstream`` and ``cognitude serve`` (one worker) as separate processes, crea
 orgs and keys in SQL, then for every scenario and rate drives the mock directly and then
 the proxy with the identical request sequence. Writes ``bench/RESULTS.md`` and exits 1 when
 the proxy adds more than ``--max-added-p99-ms`` (10 ms, the mission's target) at p99 in any
-phase, or when a phase had to be aborted (the target is then unchecked).
+phase, or when a phase had to be aborted (the target is then unchecked). The sections of
+``benchlib.KEPT_SECTIONS`` already in the output file ("What stands in the way",
+"Throughput", "Locust", "Usage writer") are carried over unchanged.
 
 How the load is generated, and why:
 
@@ -1033,9 +1035,14 @@ def main(argv: list[str] | None = None) -> int:
         if goals:
             print(benchlib.markdown_table(GOAL_HEADER, goals))
             print()
+        # Sections owned by other scripts or written by hand survive the regeneration.
+        kept = benchlib.sections(args.output, benchlib.KEPT_SECTIONS)
         args.output.write_text(render(env, args, machine, results, summary, goals, failures,
                                       elapsed))
-        print(f"wrote {args.output}")
+        for heading, text in kept:
+            benchlib.replace_section(args.output, heading, text)
+        print(f"wrote {args.output}" + (f" (kept: {', '.join(h for h, _ in kept)})"
+                                         if kept else ""))
         if failures:
             print("FAILED: " + "; ".join(failures), file=sys.stderr)
             return 1
