@@ -135,7 +135,7 @@ async def _pg_session_async(
                 await conn.execute(query, timeout=_IO_TIMEOUT)
             except _ASYNCPG_ERRORS as exc:
                 raise _translate(exc, port) from exc
-    except BaseException:
+    except BaseException:  # cleanup then re-raise: even a cancel must not leak the socket
         conn.terminate()
         raise
     await conn.close(timeout=_IO_TIMEOUT)  # a clean Terminate, as a client should

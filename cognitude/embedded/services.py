@@ -115,7 +115,7 @@ class EmbeddedServices:
                     self._start_valkey()
                 if self._want_postgres:
                     self._start_postgres()
-            except BaseException:
+            except BaseException:  # cleanup then re-raise: never leave half the servers running
                 self.stop()
                 raise
 
