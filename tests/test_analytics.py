@@ -24,8 +24,8 @@ from cognitude.auth import KeyCache
 from cognitude.config import Config, Secrets
 from cognitude.errors import ProxyError
 from cognitude.maintenance import Maintenance
-from cognitude.usage import COLUMNS, UsageRecord
 from tests.conftest import assert_openai_error
+from tests.ledger_rows import insert, rec
 
 KEY = maintenance.LEADER_LOCK + 2  # private leader lock (see test_maintenance)
 
@@ -35,20 +35,6 @@ async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     p = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     yield p
     await p.close()
-
-
-def rec(org: str, ts: datetime, model: str | None = "gpt-4o-mini",
-        provider: str | None = "openai", prompt: int = 10, completion: int = 5,
-        cost: int | None = 100, baseline: int | None = 300, cache: str | None = "MISS",
-        status: int = 200) -> UsageRecord:
-    return UsageRecord(str(uuid.uuid4()), ts, org, "key-1", "/v1/chat/completions", model,
-                       model, provider, "direct", prompt, completion, cost, baseline, cache,
-                       status, None, False, 12.5, 10.0, 2.5, None)
-
-
-async def insert(pool: asyncpg.Pool, rows: list[UsageRecord]) -> None:
-    async with pool.acquire() as conn:
-        await conn.copy_records_to_table("usage_log", records=rows, columns=COLUMNS)
 
 
 def at(d: date, hour: int, minute: int = 0, second: int = 0) -> datetime:

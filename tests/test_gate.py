@@ -68,48 +68,54 @@ async def commandstats(r: redis.asyncio.Redis) -> dict[str, int]:
 # -- reference model ---------------------------------------------------------------------------
 
 
+def model_check(
+    buckets: list[dict[int, int]], lims: tuple[int, ...], now: int, cost: int
+) -> tuple[int, int, int, int, int, int]:
+    """The gate's decision over any number of windows (window i has the length of window
+    i % 3), updating ``buckets`` on admission; returns gate.lua's reply fields 1-6."""
+    n = len(lims)
+    w = [W_MS[i % 3] for i in range(n)]
+    g = [G_MS[i % 3] for i in range(n)]
+    counted = [{b: c for b, c in buckets[i].items() if b >= (now - w[i]) // g[i]} for i in range(n)]
+    total = [sum(c.values()) for c in counted]
+    allowed = all(total[i] + cost <= lims[i] for i in range(n))
+    retry = 0
+    if allowed:
+        for i in range(n):
+            b = now // g[i]
+            buckets[i][b] = buckets[i].get(b, 0) + cost
+            counted[i][b] = counted[i].get(b, 0) + cost
+            total[i] += cost
+    else:
+        for i in range(n):
+            if total[i] + cost <= lims[i]:
+                continue
+            r, left = w[i], total[i]
+            for b in sorted(counted[i]):
+                left -= counted[i][b]
+                if left + cost <= lims[i]:
+                    r = (b + 1) * g[i] + w[i] - now
+                    break
+            retry = max(retry, r)
+    rem = [max(0, lims[i] - total[i]) for i in range(n)]
+    best, best_reset = 0, 0
+    for i in range(n):
+        if rem[i] != min(rem):
+            continue
+        reset = (min(counted[i]) + 1) * g[i] + w[i] - now if counted[i] else 0
+        if best == 0 or reset >= best_reset:
+            best, best_reset = i + 1, reset
+    return int(allowed), lims[best - 1], rem[best - 1], best_reset, retry, best
+
+
 @dataclass
 class Model:
     """The sub-bucket algorithm restated naively: a dict of buckets per window."""
 
     buckets: list[dict[int, int]] = field(default_factory=lambda: [{}, {}, {}])
 
-    def counted(self, i: int, now: int) -> dict[int, int]:
-        lo = (now - W_MS[i]) // G_MS[i]
-        return {b: c for b, c in self.buckets[i].items() if b >= lo}
-
     def check(self, limits: Limits, now: int, cost: int) -> tuple[int, int, int, int, int, int]:
-        lims = (limits.minute, limits.hour, limits.day)
-        counted = [self.counted(i, now) for i in range(3)]
-        total = [sum(c.values()) for c in counted]
-        allowed = all(total[i] + cost <= lims[i] for i in range(3))
-        retry = 0
-        if allowed:
-            for i in range(3):
-                b = now // G_MS[i]
-                self.buckets[i][b] = self.buckets[i].get(b, 0) + cost
-                counted[i][b] = counted[i].get(b, 0) + cost
-                total[i] += cost
-        else:
-            for i in range(3):
-                if total[i] + cost <= lims[i]:
-                    continue
-                r, left = W_MS[i], total[i]
-                for b in sorted(counted[i]):
-                    left -= counted[i][b]
-                    if left + cost <= lims[i]:
-                        r = (b + 1) * G_MS[i] + W_MS[i] - now
-                        break
-                retry = max(retry, r)
-        rem = [max(0, lims[i] - total[i]) for i in range(3)]
-        best, best_reset = 0, 0
-        for i in range(3):
-            if rem[i] != min(rem):
-                continue
-            reset = (min(counted[i]) + 1) * G_MS[i] + W_MS[i] - now if counted[i] else 0
-            if best == 0 or reset >= best_reset:
-                best, best_reset = i + 1, reset
-        return int(allowed), lims[best - 1], rem[best - 1], best_reset, retry, best
+        return model_check(self.buckets, (limits.minute, limits.hour, limits.day), now, cost)
 
 
 # -- reply shapes and headers ------------------------------------------------------------------
@@ -529,43 +535,6 @@ async def snapshot6(r: redis.asyncio.Redis, org: str, key_ids: tuple[str, ...]) 
     return [(await r.dump(k), await r.hgetall(k)) for k in ks]
 
 
-def model_check(
-    buckets: list[dict[int, int]], lims: tuple[int, ...], now: int, cost: int
-) -> tuple[int, int, int, int, int, int]:
-    """``Model.check`` over any number of windows; window i has the length of window i % 3."""
-    n = len(lims)
-    w = [W_MS[i % 3] for i in range(n)]
-    g = [G_MS[i % 3] for i in range(n)]
-    counted = [{b: c for b, c in buckets[i].items() if b >= (now - w[i]) // g[i]} for i in range(n)]
-    total = [sum(c.values()) for c in counted]
-    allowed = all(total[i] + cost <= lims[i] for i in range(n))
-    retry = 0
-    if allowed:
-        for i in range(n):
-            b = now // g[i]
-            buckets[i][b] = buckets[i].get(b, 0) + cost
-            counted[i][b] = counted[i].get(b, 0) + cost
-            total[i] += cost
-    else:
-        for i in range(n):
-            if total[i] + cost <= lims[i]:
-                continue
-            r, left = w[i], total[i]
-            for b in sorted(counted[i]):
-                left -= counted[i][b]
-                if left + cost <= lims[i]:
-                    r = (b + 1) * g[i] + w[i] - now
-                    break
-            retry = max(retry, r)
-    rem = [max(0, lims[i] - total[i]) for i in range(n)]
-    best, best_reset = 0, 0
-    for i in range(n):
-        if rem[i] != min(rem):
-            continue
-        reset = (min(counted[i]) + 1) * g[i] + w[i] - now if counted[i] else 0
-        if best == 0 or reset >= best_reset:
-            best, best_reset = i + 1, reset
-    return int(allowed), lims[best - 1], rem[best - 1], best_reset, retry, best
 
 
 async def test_key_limiter_keys_share_the_org_slot() -> None:

@@ -15,12 +15,11 @@ import pytest
 
 from cognitude import maintenance
 from cognitude.maintenance import ROLLUP_LOCK, Maintenance
-from cognitude.usage import COLUMNS, UsageRecord
+from tests.ledger_rows import insert, rec
 
 # A private leader-lock key: a proxy started by other tests runs its own Maintenance with
 # the default key, and must not make these rounds skip.
 KEY = maintenance.LEADER_LOCK + 1
-
 
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
@@ -31,20 +30,6 @@ async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 def new_org() -> str:
     return "org-" + uuid.uuid4().hex
-
-
-def rec(org: str, ts: datetime, model: str | None = "gpt-4o-mini",
-        provider: str | None = "openai", prompt: int = 10, completion: int = 5,
-        cost: int | None = 100, baseline: int | None = 300, cache: str | None = "MISS",
-        status: int = 200) -> UsageRecord:
-    return UsageRecord(str(uuid.uuid4()), ts, org, "key-1", "/v1/chat/completions", model,
-                       model, provider, "direct", prompt, completion, cost, baseline, cache,
-                       status, None, False, 12.5, 10.0, 2.5, None)
-
-
-async def insert(pool: asyncpg.Pool, rows: list[UsageRecord]) -> None:
-    async with pool.acquire() as conn:
-        await conn.copy_records_to_table("usage_log", records=rows, columns=COLUMNS)
 
 
 # Written independently of maintenance._AGG (UTC hour via AT TIME ZONE, FILTER-free sums).
