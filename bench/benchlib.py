@@ -125,6 +125,22 @@ class MockProcess:
         stop(self.proc)
 
 
+def parse_head(buf: bytearray) -> tuple[int, int, int, dict[bytes, bytes]] | None:
+    """An HTTP/1.1 response head in ``buf``: (body offset, status, Content-Length or -1 for
+    chunked, the lower-cased headers), or None while the head is incomplete. Shared by the
+    benchmark clients, which parse replies themselves to keep client-side cost minimal."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).lower()
+    headers = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        headers[name] = value.strip()
+    length = int(headers[b"content-length"]) if b"content-length" in headers else -1
+    return end + 4, int(head[9:12]), length, headers
+
+
 def cpu_ticks(pid: int) -> tuple[int, int]:
     """(utime, stime) of a whole process (all threads), in clock ticks."""
     with open(f"/proc/{pid}/stat", "rb") as f:

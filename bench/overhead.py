@@ -538,20 +538,12 @@ class _Conn(asyncio.Protocol):
     def _complete(self) -> bool:
         buf = self.buf
         if self.body_at < 0:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            parsed = benchlib.parse_head(buf)
+            if parsed is None:
                 return False
-            head = bytes(buf[:end]).lower()
-            self.body_at = end + 4
-            self.status = int(head[9:12])
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name == b"content-length":
-                    self.length = int(value)
-                elif name == b"x-cognitude-cache":
-                    self.cache = value.strip()
-                elif name == b"server-timing":
-                    self.timing = value.strip()
+            self.body_at, self.status, self.length, headers = parsed
+            self.cache = headers.get(b"x-cognitude-cache")
+            self.timing = headers.get(b"server-timing")
             self.pos = self.body_at
         if self.length >= 0:
             if len(buf) >= self.body_at + self.length:

@@ -87,18 +87,11 @@ class _Conn(asyncio.Protocol):
         buf = self.buf
         buf += data
         if self.body_at < 0:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            parsed = benchlib.parse_head(buf)
+            if parsed is None:
                 return
-            head = bytes(buf[:end]).lower()
-            self.body_at = end + 4
-            self.status = int(head[9:12])
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name == b"content-length":
-                    self.length = int(value)
-                elif name == b"x-cognitude-cache":
-                    self.cache = value.strip()
+            self.body_at, self.status, self.length, headers = parsed
+            self.cache = headers.get(b"x-cognitude-cache", b"")
         if self.length < 0 or len(buf) < self.body_at + self.length:
             return
         now = time.monotonic_ns()
