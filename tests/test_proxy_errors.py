@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import assert_openai_error, chat
+from tests.conftest import assert_openai_error, chat, free_port
 
 
 async def test_missing_and_invalid_keys(client, mock):
@@ -183,9 +183,7 @@ async def test_upstream_drop_mid_stream_ends_with_error_event(client, org_factor
 
 
 async def test_upstream_unreachable_is_502(proxy_factory, org_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     p = proxy_factory(upstream_url=dead)
     org = await org_factory()
     async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
@@ -209,9 +207,7 @@ async def test_provider_key_never_echoed(proxy_factory, org_factory, mock_server
 
 
 async def test_redis_down_fails_open(proxy_factory, org_factory, mock):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     p = proxy_factory(redis_url=dead)
     org = await org_factory()
     async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
@@ -224,18 +220,14 @@ async def test_redis_down_fails_open(proxy_factory, org_factory, mock):
 
 
 async def test_redis_down_fail_closed_refuses_to_start(proxy_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     with pytest.raises(RuntimeError, match="redis.url: cannot reach Redis") as info:
         proxy_factory(redis_url=dead, env={"COGNITUDE_REDIS_FAIL_OPEN": "false"})
     assert "Traceback" not in str(info.value)
 
 
 async def test_postgres_unreachable_refuses_to_start_clearly(proxy_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"postgresql://cognitude@127.0.0.1:{s.getsockname()[1]}/cognitude"
+    dead = f"postgresql://cognitude@127.0.0.1:{free_port()}/cognitude"  # nothing listens there
     with pytest.raises(RuntimeError, match="postgres.dsn: cannot connect to Postgres") as info:
         proxy_factory(pg_dsn=dead)
     assert "Traceback" not in str(info.value)
