@@ -46,6 +46,7 @@ from .management import accounts, cache_settings, limits, providers
 from .metrics import metrics
 from .pricing import load_catalog
 from .proxy import ProxyRoute
+from .redis_pipe import RedisPipe, supports
 from .state import AppState
 from .upstream import Providers, create_session
 from .usage import UsageWriter
@@ -243,7 +244,13 @@ class CognitudeApp:
                                  read_timeout_ms=cfg.cache.cold_read_timeout_ms)
                 cold.start()
                 stack.push_async_callback(cold.close)
-            gate = Gate(redis)
+            # The hot path's EVALSHA and write-back SET go through the lean pipelined
+            # client where it can serve this Redis (not TLS, not Cluster); see redis_pipe.
+            pipe = None
+            if supports(cfg.redis.url, cfg.redis.cluster):
+                pipe = RedisPipe(cfg.redis.url, cfg.redis.socket_timeout_ms / 1000)
+                stack.push_async_callback(pipe.aclose)
+            gate = Gate(pipe if pipe is not None else redis)
             try:
                 await gate.load()
             except (RedisError, OSError) as exc:
@@ -258,7 +265,7 @@ class CognitudeApp:
             await invalidator.start()
             stack.push_async_callback(invalidator.close)
             state = AppState(
-                cfg=cfg, secrets=secrets, redis=redis, pg=pg, gate=gate,
+                cfg=cfg, secrets=secrets, redis=redis, pipe=pipe, pg=pg, gate=gate,
                 keys=keycache, providers=providers, session=session,
                 codec=ValueCodec(cfg.cache.compress_min_bytes), accountant=accountant,
                 cold=cold,

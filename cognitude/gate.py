@@ -27,6 +27,8 @@ from cognitude.lua_script import LUA_DIR, LuaScript
 if TYPE_CHECKING:
     import redis.asyncio
 
+    from cognitude.redis_pipe import RedisPipe
+
 GATE_LUA_PATH: Path = LUA_DIR / "gate.lua"
 
 # ARGV[5] of gate.lua, as the bytes the client would encode anyway.
@@ -82,11 +84,15 @@ def _ceil_s(ms: int) -> int:
 
 
 class Gate:
-    """Calls ``lua/gate.lua``; one instance per Redis client, created by the lifespan."""
+    """Calls ``lua/gate.lua``; one instance per Redis client, created by the lifespan.
+
+    The proxy passes its :class:`~cognitude.redis_pipe.RedisPipe`; redis-py's client serves
+    where the pipe cannot (TLS, Cluster) and in tools.
+    """
 
     __slots__ = ("_script",)
 
-    def __init__(self, redis: redis.asyncio.Redis, source: str | None = None) -> None:
+    def __init__(self, redis: redis.asyncio.Redis | RedisPipe, source: str | None = None) -> None:
         self._script = LuaScript(redis, GATE_LUA_PATH, source)
 
     @property

@@ -393,6 +393,11 @@ class ProxyRoute:
             self.state.cold.put(key, org_id, value, ttl)
 
     async def _backfill(self, key: str, value: bytes, ttl: int) -> None:
+        pipe = self.state.pipe
+        if pipe is not None:
+            # Not awaited: the reply would only cost a wake-up (an error reply is logged).
+            pipe.set_nowait(key, value, ttl)
+            return
         try:
             await self.state.redis.set(key, value, ex=ttl)
         except (RedisError, OSError) as exc:

@@ -14,6 +14,7 @@ from .cache_key import ValueCodec
 from .cold_cache import ColdCache
 from .config import Config, Secrets
 from .gate import Gate
+from .redis_pipe import RedisPipe
 from .upstream import Providers
 
 
@@ -22,6 +23,7 @@ class AppState:
     cfg: Config
     secrets: Secrets
     redis: aioredis.Redis
+    pipe: RedisPipe | None  # the hot path's client; None for TLS or Cluster (redis-py then)
     pg: asyncpg.Pool | None
     gate: Gate
     keys: KeyCache

@@ -112,7 +112,8 @@ async def test_a_busy_redis_pool_waits_instead_of_failing_open(proxy_factory, or
                                                                mock):
     """More concurrent requests than pooled Redis connections: every one is still limited
     and cached (a non-blocking pool raised MaxConnectionsError and fail-open served those
-    requests with no limits at all)."""
+    requests with no limits at all). The gate now runs on its own pipelined connection
+    (RedisPipe), so this also checks that the small pool no longer touches the hot path."""
     import httpx
 
     # Two connections: the invalidation subscriber holds one, 40 requests share the other.
@@ -124,3 +125,24 @@ async def test_a_busy_redis_pool_waits_instead_of_failing_open(proxy_factory, or
             for i in range(40)))
     assert sorted(r.status_code for r in rs) == [200] * 25 + [429] * 15
     assert all(r.headers.get("x-cognitude-cache") == "MISS" for r in rs if r.status_code == 200)
+
+
+async def test_killed_redis_connections_are_reopened_not_failed_open(client, org_factory, mock,
+                                                                     redis_client):
+    """Redis dropping the proxy's connections (restart, failover, CLIENT KILL) costs no
+    limit and no cache: the next request reconnects instead of failing open."""
+    org = await org_factory(rpm=3)
+    body = chat("reconnect after kill")
+    r = await client.post("/v1/chat/completions", json=body, headers=org.headers)
+    assert r.status_code == 200 and r.headers["x-cognitude-cache"] == "MISS"
+    await asyncio.sleep(0.1)  # the write-back lands
+    killed = await redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal",
+                                                "SKIPME", "yes")
+    assert killed >= 1
+    for remaining in ("1", "0"):
+        r = await client.post("/v1/chat/completions", json=body, headers=org.headers)
+        assert r.status_code == 200
+        assert r.headers["x-cognitude-cache"] == "HIT"
+        assert r.headers["x-ratelimit-remaining"] == remaining  # gated, not failed open
+    r = await client.post("/v1/chat/completions", json=body, headers=org.headers)
+    assert_openai_error(r, 429, "rate_limit_exceeded")
