@@ -197,6 +197,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             mock = _start_mock(cfg)
         import uvicorn
 
+        from .http_protocol import CoalescingHttpToolsProtocol
+
         uvicorn.run(
             "cognitude.app:create_app",
             factory=True,
@@ -204,7 +206,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=cfg.server.port,
             workers=cfg.server.workers,
             loop="uvloop",
-            http="httptools",
+            # httptools, with each response's head and body in one write (http_protocol).
+            http=CoalescingHttpToolsProtocol,
             log_level=cfg.server.log_level,
             access_log=False,
             # Our own headers say who answered; uvicorn's would cost bytes on every reply.
