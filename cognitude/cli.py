@@ -197,8 +197,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             mock = _start_mock(cfg)
         import uvicorn
 
-        from .http_protocol import CoalescingHttpToolsProtocol
-
         uvicorn.run(
             "cognitude.app:create_app",
             factory=True,
@@ -206,8 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=cfg.server.port,
             workers=cfg.server.workers,
             loop="uvloop",
-            # httptools, with each response's head and body in one write (http_protocol).
-            http=CoalescingHttpToolsProtocol,
+            http="httptools",
             log_level=cfg.server.log_level,
             access_log=False,
             # Our own headers say who answered; uvicorn's would cost bytes on every reply.
