@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cognitude.redis_pipe import RedisPipe, encode, supports
+from cognitude.redis_pipe import DEFER_MAX_BYTES, DEFER_S, RedisPipe, encode, supports
 from tests.conftest import free_port
 
 
@@ -90,6 +90,43 @@ async def test_fire_and_forget_set_is_ordered_before_later_reads(
         # written on the same socket, so executed before this read
         assert await pipe.execute(b"GET", f"k{i}") == b"v%d" % i
     assert 0 < await redis_client.ttl("k49") <= 60
+
+
+class CountingTransport:
+    """Wraps the pipe's transport to count its writes (each one a send syscall)."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def test_write_backs_ride_along_with_the_next_command(
+        pipe: RedisPipe, redis_client: redis.asyncio.Redis) -> None:
+    await pipe.execute(b"PING")
+    conn = pipe._conn
+    assert conn is not None
+    counting = conn.transport = CountingTransport(conn.transport)
+    for i in range(100):
+        assert pipe.set_nowait(f"w{i}", b"v%d" % i, 60)
+    assert counting.writes == []  # nothing sent yet
+    assert await pipe.execute(b"GET", "w99") == b"v99"
+    assert len(counting.writes) == 1  # 100 SETs and the GET in one send
+    # Alone, a write-back goes out after DEFER_S.
+    assert pipe.set_nowait("alone", b"x", 60)
+    await asyncio.sleep(DEFER_S * 5)
+    assert len(counting.writes) == 2
+    assert await redis_client.get("alone") == b"x"
+    # A large backlog does not wait.
+    assert pipe.set_nowait("big", b"x" * DEFER_MAX_BYTES, 60)
+    assert len(counting.writes) == 3
+    assert await pipe.execute(b"STRLEN", "big") == DEFER_MAX_BYTES
 
 
 async def test_error_replies_raise_and_keep_the_connection_in_step(
