@@ -76,6 +76,10 @@ def field(doc: dict[str, Any], name: str, type_: type, *, required: bool = True,
         raise InvalidRequest(f"`{name}` must be at least {min_value}.", param=name)
     if max_value is not None and value > max_value:
         raise InvalidRequest(f"`{name}` must be at most {max_value}.", param=name)
+    # Postgres text cannot hold NUL (asyncpg raises, which was a 500 for /rate-limits/reset
+    # and every other text field): refuse it for every string field here.
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidRequest(f"`{name}` must not contain NUL characters.", param=name)
     if max_len is not None and len(value) > max_len:
         raise InvalidRequest(f"`{name}` must be at most {max_len} characters.", param=name)
     if isinstance(value, str) and type_ is str and not value.strip() and required:

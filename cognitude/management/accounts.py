@@ -78,9 +78,6 @@ def _text(doc: dict[str, Any], name: str, max_len: int, *, required: bool = True
     value = field(doc, name, str, required=required, max_len=max_len, nullable=not required)
     if value is None:
         return default
-    # Postgres text cannot hold NUL: refuse it here rather than fail in the driver.
-    if "\x00" in value:
-        raise InvalidRequest(f"`{name}` must not contain NUL characters.", param=name)
     return str(value).strip()
 
 

@@ -189,6 +189,9 @@ async def delete_provider(request: Request) -> Response:
     info = await require_key(request)
     st = _state(request)
     provider = request.path_params["provider"]
+    if "\x00" in provider:  # cannot be stored, so cannot exist (and Postgres would raise)
+        raise NotFound(f"No credentials configured for provider `{provider[:100]!r}`.",
+                       param="provider")
     with db_errors():
         deleted = await pool(st).fetchval(
             "DELETE FROM provider_credentials WHERE org_id = $1 AND provider = $2 "
