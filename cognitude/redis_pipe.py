@@ -16,7 +16,12 @@ How it behaves:
   before a later ``EVALSHA`` on the same key is executed before it.
 - **Connect lazily, reconnect after loss.** The first command (or the first after the
   connection dropped) connects; concurrent callers share that one attempt. ``AUTH`` and
-  ``SELECT`` from the URL are sent once per connection.
+  ``SELECT`` from the URL, then a ``PING``, are sent once per connection.
+- **Fail fast while Redis is down.** When a connect fails, or Redis stops answering for the
+  timeout, calls raise ``ConnectionError`` at once instead of each waiting out a timeout
+  (with ``fail_open`` the proxy then serves without limits and cache at full speed, not at
+  one request per timeout), and reconnects are tried in the background, 50 ms apart and
+  doubling up to 1 s. The first one that gets a ``PING`` back ends the outage.
 - **Timeout.** When something is outstanding and no reply has arrived for ``timeout_s``, the
   connection is declared dead: it is closed and every outstanding command fails with
   ``redis.exceptions.TimeoutError`` (a pipeline cannot skip a late reply). Connecting is
@@ -57,6 +62,9 @@ _NO_WAITER = None
 # write-back of a response becomes visible to other requests up to this much later.
 DEFER_S = 0.010
 DEFER_MAX_BYTES = 256 * 1024
+# While Redis is down, reconnect attempts run in the background this far apart (doubling).
+RETRY_MIN_S = 0.05
+RETRY_MAX_S = 1.0
 
 
 def supports(url: str, cluster: bool) -> bool:
@@ -104,6 +112,7 @@ class _Conn(asyncio.Protocol):
         self.progress = 0.0  # loop time of the last reply, or of the send that found none out
         self.watchdog: asyncio.TimerHandle | None = None
         self.closed = False
+        self.error: Exception | None = None  # why it closed
         # Fire-and-forget commands waiting to share the next write (see defer()).
         self.deferred: list[bytes] = []
         self.deferred_bytes = 0
@@ -191,6 +200,7 @@ class _Conn(asyncio.Protocol):
         """Close the connection and fail everything outstanding with ``exc`` (deferred
         fire-and-forget commands are dropped)."""
         self.closed = True
+        self.error = exc
         self._take_deferred()
         if self.watchdog is not None:
             self.watchdog.cancel()
@@ -221,7 +231,8 @@ async def _roundtrip(conn: _Conn, command: tuple[Any, ...]) -> Any:
 class RedisPipe:
     """The hot path's Redis client (see the module doc). One per worker, owned by the lifespan."""
 
-    __slots__ = ("_conn", "_connecting", "_params", "timeout_s", "_where")
+    __slots__ = ("_conn", "_connecting", "_params", "timeout_s", "_where", "_down",
+                 "_retry_at", "_backoff")
 
     def __init__(self, url: str, timeout_s: float) -> None:
         p = parse_url(url)
@@ -233,6 +244,15 @@ class RedisPipe:
         self.timeout_s = timeout_s
         self._conn: _Conn | None = None
         self._connecting: asyncio.Future[_Conn] | None = None
+        # Circuit breaker: while Redis is known to be down (a connect failed, or it stopped
+        # answering), calls fail at once and reconnects are tried in the background.
+        self._down: Exception | None = None
+        self._retry_at = 0.0
+        self._backoff = RETRY_MIN_S
+
+    @property
+    def down(self) -> bool:
+        return self._down is not None
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and wait for its reply."""
@@ -263,6 +283,20 @@ class RedisPipe:
         return True
 
     async def _connect(self) -> _Conn:
+        """A live connection: the current one is gone (never opened, dropped, or timed out)."""
+        loop = asyncio.get_running_loop()
+        lost = self._conn
+        if lost is not None and isinstance(lost.error, RedisTimeoutError) and self._down is None:
+            # Redis stopped answering (hung, paused, blackholed): do not queue more requests
+            # behind another silent connection.
+            self._mark_down(lost.error, loop)
+        if self._down is not None:
+            if self._connecting is None and loop.time() >= self._retry_at:
+                self._connecting = asyncio.ensure_future(self._open())
+                self._connecting.add_done_callback(self._retried)
+            raise RedisConnectionError(f"Redis unavailable ({self._down}); retrying")
+        # A dropped connection (restart, failover, CLIENT KILL) or the first call: connect
+        # now, on the caller's time, and share the attempt between concurrent callers.
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
             # Every caller may have given up (cancelled) before it ends: retrieve its
@@ -272,9 +306,34 @@ class RedisPipe:
         try:
             # shield: one caller giving up (cancelled) must not cancel the others' attempt.
             return await asyncio.shield(connecting)
+        except RedisConnectionError as exc:
+            if self._down is None:
+                self._mark_down(exc, loop)
+            raise
         finally:
             if connecting.done() and self._connecting is connecting:
                 self._connecting = None
+
+    def _mark_down(self, exc: Exception, loop: asyncio.AbstractEventLoop) -> None:
+        log.warning("redis at %s unavailable: %s; failing fast, reconnecting in the background",
+                    self._where, exc)
+        self._down = exc
+        self._backoff = RETRY_MIN_S
+        self._retry_at = loop.time() + self._backoff
+
+    def _retried(self, attempt: asyncio.Future[_Conn]) -> None:
+        """A background reconnect ended: back up, or try again after a longer pause."""
+        self._connecting = None
+        if attempt.cancelled():
+            return
+        exc = attempt.exception()
+        if exc is None:
+            log.warning("redis at %s is back", self._where)
+            self._down = None
+            return
+        self._down = exc if isinstance(exc, Exception) else RedisConnectionError(repr(exc))
+        self._backoff = min(self._backoff * 2, RETRY_MAX_S)
+        self._retry_at = asyncio.get_running_loop().time() + self._backoff
 
     async def _open(self) -> _Conn:
         p = self._params
@@ -295,6 +354,9 @@ class RedisPipe:
                     await _roundtrip(conn, auth)
                 if p.get("db"):
                     await _roundtrip(conn, (b"SELECT", int(p["db"])))
+                # A paused or overloaded Redis still accepts TCP (the kernel does): only a
+                # reply shows that it serves.
+                await _roundtrip(conn, (b"PING",))
         except BaseException as exc:
             # Cleanup-and-reraise: a half-open connection (handshake refused, timed out or
             # cancelled) must not leak, whatever ended the attempt.

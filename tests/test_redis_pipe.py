@@ -29,10 +29,15 @@ async def pipe(redis_url: str, redis_client: redis.asyncio.Redis) -> AsyncIterat
     await p.aclose()
 
 
-class SilentServer:
-    """Accepts connections, reads everything, never answers: a hung Redis."""
+class FakeRedis:
+    """A loopback server speaking just enough RESP to misbehave on purpose: every ``PING``
+    gets ``+PONG`` (after ``delay`` s each) while ``answering`` is true, and nothing while it
+    is false (a hung or paused Redis; the kernel still accepts connections)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, delay: float = 0.0, answering: bool = True, port: int = 0) -> None:
+        self.delay = delay
+        self.answering = answering
+        self.port = port
         self.accepted = 0
         self.server: asyncio.AbstractServer | None = None
         self.writers: list[asyncio.StreamWriter] = []
@@ -41,10 +46,15 @@ class SilentServer:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.accepted += 1
             self.writers.append(writer)
-            while await reader.read(65536):
-                pass
+            while data := await reader.read(65536):
+                for _ in range(data.count(b"PING")):
+                    if not self.answering:
+                        continue
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
+                    writer.write(b"+PONG\r\n")
 
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
         port = self.server.sockets[0].getsockname()[1]
         return f"redis://127.0.0.1:{port}/0"
 
@@ -54,6 +64,27 @@ class SilentServer:
             w.close()
         self.server.close()
         await self.server.wait_closed()
+
+
+async def fails_fast(pipe: RedisPipe, n: int = 20) -> None:
+    """``n`` calls each fail at once (no timeout waited) with the breaker's error."""
+    t0 = time.monotonic()
+    for _ in range(n):
+        with pytest.raises(RedisConnectionError, match="unavailable"):
+            await pipe.execute(b"PING")
+    assert time.monotonic() - t0 < 0.1 * n / 20
+
+
+async def recovers(pipe: RedisPipe, within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            assert await pipe.execute(b"PING") == b"PONG"
+            assert not pipe.down
+            return
+        except RedisConnectionError:
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"no recovery within {within} s")
 
 
 def test_encode_is_resp_bulk_strings() -> None:
@@ -163,61 +194,65 @@ async def test_lost_connection_fails_outstanding_and_reconnects(
     assert await pipe.execute(b"PING") == b"PONG"
 
 
-async def test_hung_redis_times_out_everything_outstanding() -> None:
-    async with SilentServer() as url:
+async def test_hung_redis_times_out_outstanding_then_fails_fast_until_it_answers() -> None:
+    fake = FakeRedis()
+    async with fake as url:
         pipe = RedisPipe(url, timeout_s=0.3)
+        assert await pipe.execute(b"PING") == b"PONG"
+        fake.answering = False  # paused: the socket is open, nothing comes back
         t0 = time.monotonic()
         outcomes = await asyncio.gather(*(pipe.execute(b"PING") for _ in range(20)),
                                         return_exceptions=True)
         took = time.monotonic() - t0
         assert all(isinstance(o, RedisTimeoutError) for o in outcomes), outcomes
         assert 0.25 < took < 1.5
+        # Known down now: no caller waits out another timeout ...
+        await fails_fast(pipe)
+        assert pipe.down
+        # ... and the background reconnects notice when it answers again.
+        fake.answering = True
+        await recovers(pipe)
         await pipe.aclose()
 
 
 async def test_a_slow_but_answering_redis_is_not_timed_out() -> None:
     # The timeout is on silence, not on age: replies keep arriving (one per 100 ms here), so
     # nothing times out although the batch takes three times the timeout.
-    writers: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        while data := await reader.read(65536):
-            for _ in range(data.count(b"PING")):
-                await asyncio.sleep(0.1)
-                writer.write(b"+PONG\r\n")
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    slow = RedisPipe(f"redis://127.0.0.1:{port}/0", timeout_s=0.3)
-    try:
-        t0 = time.monotonic()
-        results = await asyncio.gather(*(slow.execute(b"PING") for _ in range(9)))
-        assert results == [b"PONG"] * 9
-        assert time.monotonic() - t0 > 0.8
-    finally:
-        await slow.aclose()
-        for w in writers:
-            w.close()
-        server.close()
-        await server.wait_closed()
+    async with FakeRedis(delay=0.1) as url:
+        slow = RedisPipe(url, timeout_s=0.3)
+        try:
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(slow.execute(b"PING") for _ in range(9)))
+            assert results == [b"PONG"] * 9
+            assert time.monotonic() - t0 > 0.8
+            assert not slow.down
+        finally:
+            await slow.aclose()
 
 
-async def test_connect_failures_are_shared_and_named() -> None:
-    silent = SilentServer()
-    pipe = RedisPipe(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1.0)
+async def test_connect_failures_are_shared_named_then_fail_fast_until_redis_is_back() -> None:
+    port = free_port()
+    pipe = RedisPipe(f"redis://127.0.0.1:{port}/0", timeout_s=1.0)
     outcomes = await asyncio.gather(*(pipe.execute(b"PING") for _ in range(10)),
                                     return_exceptions=True)
     assert all(isinstance(o, RedisConnectionError) for o in outcomes)
-    assert "cannot connect to Redis at 127.0.0.1:" in str(outcomes[0])
+    assert f"cannot connect to Redis at 127.0.0.1:{port}" in str(outcomes[0])
+    await fails_fast(pipe)
+    async with FakeRedis(port=port):  # Redis comes up on its address
+        await recovers(pipe)
+    await pipe.aclose()
+
+
+async def test_a_handshake_that_hangs_is_one_shared_attempt() -> None:
+    silent = FakeRedis(answering=False)
     async with silent as url:
-        # A connect that hangs in the handshake: every caller waits on the same attempt.
         hung = RedisPipe(url.replace("/0", "/3"), timeout_s=0.3)  # SELECT 3 never answered
         outcomes = await asyncio.gather(*(hung.execute(b"PING") for _ in range(10)),
                                         return_exceptions=True)
         assert all(isinstance(o, RedisConnectionError) for o in outcomes)
         assert "timed out" in str(outcomes[0])
         assert silent.accepted == 1
+        await hung.aclose()
 
 
 async def test_url_database_and_credentials(
