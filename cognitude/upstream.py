@@ -94,6 +94,9 @@ def create_session(cfg: Config) -> aiohttp.ClientSession:
         ),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
+        # One session serves every organization: a cookie a provider sets (Cloudflare's
+        # __cf_bm on api.openai.com, say) must not ride along on other tenants' requests.
+        cookie_jar=aiohttp.DummyCookieJar(),
         json_serialize=lambda o: orjson.dumps(o).decode(),
     )
 

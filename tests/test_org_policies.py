@@ -181,3 +181,43 @@ async def test_full_flow_register_key_provider_limits_on_two_replicas(proxy_fact
             assert asyncio.get_running_loop().time() - t0 < 1.0
             await asyncio.sleep(0.02)
         assert (await cb.get("/v1/models", headers=first)).status_code == 200
+
+
+async def test_provider_cookies_never_cross_tenants(proxy_factory, org_factory):
+    """The upstream session is shared by every org: a cookie one org's upstream response sets
+    (Cloudflare sets __cf_bm on api.openai.com) must not be sent on anyone's next request."""
+    from aiohttp import web
+
+    seen: list[str | None] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        resp = web.json_response({
+            "id": "chatcmpl-cookie", "object": "chat.completion", "created": 0,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        resp.set_cookie("__cf_bm", f"tenant-{len(seen)}", path="/")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        # By host name: aiohttp's default jar ignores cookies from bare IP addresses.
+        p = proxy_factory(upstream_url=f"http://localhost:{port}")
+        a, b = await org_factory(), await org_factory()
+        async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
+            for i, org in enumerate((a, b, a, b)):
+                r = await c.post("/v1/chat/completions", json=chat(f"cookie {i}"),
+                                 headers=org.headers)
+                assert r.status_code == 200, r.text
+                assert "set-cookie" not in r.headers  # nor is it passed to the client
+    finally:
+        await runner.cleanup()
+    assert seen == [None] * 4
