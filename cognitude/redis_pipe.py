@@ -159,6 +159,12 @@ class _Conn(asyncio.Protocol):
 
     def _write(self, data: bytes, slots: Any) -> None:
         waiters = self.waiters
+        if self.transport.is_closing():
+            # Lost, with its connection_lost() not delivered yet: fail these commands like
+            # the others instead of letting the transport raise at the caller.
+            waiters.extend(slots)
+            self.fail(RedisConnectionError("Redis connection is closing"))
+            return
         if not waiters:
             self.progress = self.loop.time()
             if self.watchdog is None:

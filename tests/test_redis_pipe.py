@@ -286,3 +286,13 @@ async def test_close_fails_outstanding(pipe: RedisPipe) -> None:
     await pipe.aclose()
     with pytest.raises(RedisConnectionError, match="closed"):
         await blocked
+
+
+async def test_a_closing_transport_fails_the_command_not_the_caller(pipe: RedisPipe) -> None:
+    await pipe.execute(b"PING")
+    conn = pipe._conn
+    assert conn is not None
+    conn.transport.close()  # going away; connection_lost() has not run yet
+    with pytest.raises(RedisConnectionError, match="closing"):
+        await pipe.execute(b"PING")
+    assert await pipe.execute(b"PING") == b"PONG"  # and the next call reconnects
