@@ -33,7 +33,12 @@ async def json_body(request: Request) -> dict[str, Any]:
         if size > MAX_JSON_BYTES:
             raise PayloadTooLarge(f"Request body exceeds {MAX_JSON_BYTES} bytes.")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return parse_object(b"".join(chunks))
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object; 400 saying what is wrong otherwise (management routes and
+    the hot route alike)."""
     if not raw:
         raise InvalidRequest("Request body is empty; expected a JSON object.")
     try:

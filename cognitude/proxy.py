@@ -18,11 +18,11 @@ import os
 from time import perf_counter
 from typing import Any
 
-import orjson
 from redis.exceptions import RedisError
 
 from . import cache_key, sse
 from .accounting import RequestLog
+from .api import parse_object
 from .auth import CachePolicy, token_from_headers
 from .errors import (
     AuthenticationError,
@@ -411,14 +411,7 @@ async def _stream_error(send: Any, exc: ProxyError) -> None:
 
 
 def _parse(body: bytes, endpoint: str) -> dict:
-    if not body:
-        raise InvalidRequest("Request body is empty; expected a JSON object.")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
+    doc = parse_object(body)
     model = doc.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("`model` is required and must be a non-empty string.",
