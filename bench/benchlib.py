@@ -102,13 +102,15 @@ class MockProcess:
     """``cognitude mock-upstream`` in its own process: it must not share a GIL (or a core's
     worth of event loop) with the load generator whose latency it is part of."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, prefix: Sequence[str] = (), name: str = "mock",
+                 start_timeout: float = 30.0) -> None:
+        # prefix: a command the mock runs under (bench/instructions.py: valgrind).
         self.port = free_port()
-        self.log_path = workdir / "mock.log"
-        self.proc = spawn([sys.executable, "-m", "cognitude.cli", "mock-upstream",
+        self.log_path = workdir / f"{name}.log"
+        self.proc = spawn([*prefix, sys.executable, "-m", "cognitude.cli", "mock-upstream",
                            "--port", str(self.port)], self.log_path, cwd=workdir)
         try:
-            wait_http(self.proc, self.port, "/_mock/stats", self.log_path)
+            wait_http(self.proc, self.port, "/_mock/stats", self.log_path, start_timeout)
         except BaseException:
             stop(self.proc)
             raise
@@ -263,7 +265,8 @@ def replace_section(path: Path, heading: str, text: str) -> None:
 
 # Sections of RESULTS.md that other scripts (or people) own; overhead.py, which regenerates
 # the file, carries them over unchanged.
-KEPT_SECTIONS = ("What stands in the way", "Throughput", "Locust", "Usage writer")
+KEPT_SECTIONS = ("What stands in the way", "Instructions per request", "Throughput", "Locust",
+                 "Usage writer")
 
 
 def sections(path: Path, headings: Sequence[str]) -> list[tuple[str, str]]:

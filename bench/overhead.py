@@ -10,7 +10,8 @@ the proxy with the identical request sequence. Writes ``bench/RESULTS.md`` and e
 the proxy adds more than ``--max-added-p99-ms`` (10 ms, the mission's target) at p99 in any
 phase, or when a phase had to be aborted (the target is then unchecked). The sections of
 ``benchlib.KEPT_SECTIONS`` already in the output file ("What stands in the way",
-"Throughput", "Locust", "Usage writer") are carried over unchanged.
+"Instructions per request", "Throughput", "Locust", "Usage writer") are carried over
+unchanged.
 
 How the load is generated, and why:
 
@@ -54,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -587,7 +588,8 @@ class Env:
     valkey_version: str
 
 
-def proxy_config(tmp: Path, redis_url: str, pg_dsn: str, upstream: str, port: int) -> str:
+def proxy_config(tmp: Path, redis_url: str, pg_dsn: str, upstream: str, port: int,
+                 extra: str = "") -> str:
     # Defaults everywhere except what a benchmark must pin: loopback servers, no access log
     # noise, the bundled mock as the only provider.
     return f"""\
@@ -610,7 +612,7 @@ kind = "openai"
 base_url = "{upstream}/v1"
 api_key_env = ""
 models = ["gpt-4o-mini"]
-"""
+""" + extra
 
 
 async def _setup_db(dsn: str) -> tuple[str, str, str]:
@@ -651,7 +653,12 @@ def _valkey_pid(services: EmbeddedServices) -> int:
     return -1
 
 
-def start_env(tmp: Path) -> Env:
+def start_env(tmp: Path, proxy_prefix: Sequence[str] = (), code: Path | None = None,
+              start_timeout: float = 30.0, extra_config: str = "") -> Env:
+    """Valkey, PostgreSQL, the mock and the proxy. ``proxy_prefix`` runs the proxy under a
+    command (valgrind), ``code`` imports ``cognitude`` for the proxy from another checkout
+    (an A/B against an older revision); the mock always runs this checkout's code;
+    ``extra_config`` is appended to the proxy's config.toml."""
     services = EmbeddedServices(tmp / "embedded", fast=True)
     mock = proxy = None
     try:
@@ -661,13 +668,15 @@ def start_env(tmp: Path) -> Env:
         mock = benchlib.MockProcess(tmp)
         port = benchlib.free_port()
         cfg_path = tmp / "config.toml"
-        text = proxy_config(tmp, services.redis_url, services.postgres_dsn, mock.url, port)
+        text = proxy_config(tmp, services.redis_url, services.postgres_dsn, mock.url, port,
+                            extra_config)
         cfg_path.write_text(text)
         log_path = tmp / "proxy.log"
         proxy = benchlib.spawn(
-            [sys.executable, "-m", "cognitude.cli", "serve", "--config", str(cfg_path)],
-            log_path, cwd=tmp)
-        benchlib.wait_http(proxy, port, "/health", log_path)
+            [*proxy_prefix, sys.executable, "-m", "cognitude.cli", "serve", "--config",
+             str(cfg_path)],
+            log_path, cwd=tmp, env={"PYTHONPATH": str(code)} if code is not None else None)
+        benchlib.wait_http(proxy, port, "/health", log_path, start_timeout)
         return Env(tmp, services, mock, proxy, port, log_path, text, key, limited_key,
                    _valkey_pid(services), pg_version, _valkey_version())
     except BaseException:
