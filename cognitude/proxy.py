@@ -85,25 +85,46 @@ async def read_body(receive: Any, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _ms(seconds: float) -> bytes:
-    return f"{seconds * 1000:.3f}".encode()
+class RequestIds:
+    """X-Request-ID (and ``usage_log.request_id``): 24 hex digits, unique per request.
+
+    A random 64-bit prefix per instance (so per worker process) and a 32-bit counter, the
+    prefix renewed when the counter wraps: unique without a ``getrandom`` syscall per
+    request. Consecutive ids of one worker are guessable, which nothing relies on: an id
+    only correlates a response with logs and the ledger, and grants nothing.
+    """
+
+    __slots__ = ("_prefix", "_next")
+
+    def __init__(self) -> None:
+        self._renew()
+
+    def _renew(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._next = 0
+
+    def __call__(self) -> str:
+        n = self._next
+        if n > 0xFFFFFFFF:
+            self._renew()
+            n = 0
+        self._next = n + 1
+        return f"{self._prefix}{n:08x}"
 
 
 def _timing(gate: float, upstream: float, total: float) -> tuple[bytes, bytes]:
-    return (
-        b"server-timing",
-        b"gate;dur=" + _ms(gate) + b", upstream;dur=" + _ms(upstream)
-        + b", total;dur=" + _ms(total),
-    )
+    # One %-format: a third of the instructions of three f-strings joined.
+    return (b"server-timing", b"gate;dur=%.3f, upstream;dur=%.3f, total;dur=%.3f"
+            % (gate * 1000, upstream * 1000, total * 1000))
 
 
 def _limit_headers(g: GateResult | None) -> list[tuple[bytes, bytes]]:
     if g is None:
         return []
     return [
-        (b"x-ratelimit-limit", str(g.limit).encode()),
-        (b"x-ratelimit-remaining", str(g.remaining).encode()),
-        (b"x-ratelimit-reset", str(g.reset_s).encode()),
+        (b"x-ratelimit-limit", b"%d" % g.limit),
+        (b"x-ratelimit-remaining", b"%d" % g.remaining),
+        (b"x-ratelimit-reset", b"%d" % g.reset_s),
     ]
 
 
@@ -136,9 +157,10 @@ class ProxyRoute:
         self.count_hits = cfg.rate_limits.count_cache_hits
         self.fail_open = cfg.redis.fail_open
         self.accountant = state.accountant
+        self.request_id = RequestIds()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        req = RequestLog(os.urandom(12).hex(), perf_counter(), self.endpoint)
+        req = RequestLog(self.request_id(), perf_counter(), self.endpoint)
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"Method {scope['method']} not allowed; use POST.",

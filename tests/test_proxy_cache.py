@@ -9,6 +9,7 @@ import time
 import orjson
 
 from cognitude import cache_key, keys
+from cognitude.proxy import RequestIds, _timing
 from tests.conftest import CommandMonitor, chat
 
 
@@ -247,3 +248,23 @@ def test_cache_key_excludes_exactly_the_named_fields():
         assert cache_key.digest({**base, f: "anything"}) == d, f
     assert cache_key.digest({**base, "unknown_field": 1}) != d
     assert cache_key.digest(dict(reversed(list(base.items())))) == d  # order-insensitive
+
+
+def test_request_ids_are_unique_and_renew_their_prefix_when_the_counter_wraps():
+    ids = RequestIds()
+    first = [ids() for _ in range(1000)]
+    assert len(set(first)) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{24}", i) for i in first)
+    other = RequestIds()  # another worker: another random prefix
+    assert other()[:16] != first[0][:16]
+    ids._next = 0xFFFFFFFF
+    last, wrapped = ids(), ids()
+    assert last == first[0][:16] + "ffffffff"
+    assert wrapped[:16] != first[0][:16] and wrapped.endswith("00000000")
+    assert wrapped not in first
+
+
+def test_server_timing_keeps_three_decimals():
+    name, value = _timing(0.0001234, 0.0, 1.5)
+    assert name == b"server-timing"
+    assert value == b"gate;dur=0.123, upstream;dur=0.000, total;dur=1500.000"
