@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from .config import Config, ConfigError, Secrets
+from .egress import GuardedResolver
 from .errors import (
     ModelNotFound,
     UpstreamError,
@@ -80,7 +82,11 @@ class Providers:
 def create_session(cfg: Config) -> aiohttp.ClientSession:
     """The one upstream session, created and closed by the lifespan."""
     up = cfg.upstream
+    # Hosts the operator named are trusted as configured; any other host (an org's own
+    # base_url) may only be reached at public addresses, checked at connect time (egress).
+    trusted = [h for p in cfg.providers if (h := urlsplit(p.base_url).hostname)]
     connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(trusted, cfg.alerts.allow_private_targets),
         limit=up.pool_size,
         ttl_dns_cache=300,  # providers' DNS rarely changes; resolving per connection costs ms
         enable_cleanup_closed=False,

@@ -221,3 +221,40 @@ async def test_provider_cookies_never_cross_tenants(proxy_factory, org_factory):
     finally:
         await runner.cleanup()
     assert seen == [None] * 4
+
+
+async def test_a_base_url_that_now_resolves_to_a_private_address_is_refused(
+        proxy_factory, org_factory, mock, pg_dsn):
+    """DNS rebinding: a base_url host checked public when it was stored can later resolve to
+    loopback or the metadata service. The upstream session refuses non-public addresses of
+    hosts the operator did not configure, at connect time; alerts.allow_private_targets
+    lifts that, as it does at write time."""
+    org = await org_factory()
+    own = "sk-rebound-" + os.urandom(8).hex()
+    setup = proxy_factory(env=ENC)
+    async with httpx.AsyncClient(base_url=setup.url, timeout=10) as c:
+        r = await c.post("/providers/config", json={"provider": "mock", "api_key": own},
+                         headers=org.headers)
+        assert r.status_code == 201, r.text
+    # What the write-time check saw no longer holds: the name now leads to this machine.
+    port = mock.url.rsplit(":", 1)[1]
+    await sql(pg_dsn, "UPDATE provider_credentials SET base_url = $1 WHERE org_id = $2",
+              f"http://localhost:{port}/v1", org.org_id)
+
+    guarded = proxy_factory(env=ENC)
+    before = mock.stats()["requests"]
+    async with httpx.AsyncClient(base_url=guarded.url, timeout=10) as c:
+        r = await c.post("/v1/chat/completions", json=chat("rebound"), headers=org.headers)
+    err = assert_openai_error(r, 502, "upstream_error")
+    assert "unreachable" in err["message"] and "localhost" not in err["message"]
+    assert mock.stats()["requests"] == before  # nothing was sent, so the key did not leave
+    assert "refused to connect to localhost" in guarded.log()
+    assert own not in guarded.log()
+
+    # The operator's switch: the same row is served when private targets are allowed.
+    lan = proxy_factory("[alerts]\nallow_private_targets = true\n", env=ENC)
+    async with httpx.AsyncClient(base_url=lan.url, timeout=10) as c:
+        r = await c.post("/v1/chat/completions", json=chat("rebound, allowed"),
+                         headers=org.headers)
+    assert r.status_code == 200, r.text
+    assert mock.stats()["last_request"]["headers"]["authorization"] == f"Bearer {own}"

@@ -13,7 +13,8 @@ Decisions:
   it points), so at write time it must be https and every address its host resolves to must
   be public. ``alerts.allow_private_targets = true`` (the operator's one switch for
   "outbound calls may reach private networks") lifts both rules, e.g. for a self-hosted model
-  server on the LAN. DNS can change after the check; see ``org_provider_overrides``.
+  server on the LAN. DNS can change after the check, so the upstream session repeats it on
+  every address it connects to (``cognitude.egress``).
 - A change publishes ``org:<id>`` so every replica's key cache re-reads the org.
 """
 
@@ -34,6 +35,7 @@ from starlette.routing import Route
 from ..api import field, json_body, json_response, reject_unknown
 from ..auth import require_key
 from ..crypto import DecryptionError, decrypt, encrypt, row_aad
+from ..egress import address_of, is_public
 from ..errors import InvalidRequest, NotFound, ServiceUnavailable
 from ..invalidation import publish
 from ..state import AppState
@@ -84,12 +86,6 @@ def _bad_url(message: str) -> InvalidRequest:
     return InvalidRequest(f"`base_url` {message}", param="base_url")
 
 
-def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback, whatever the v6 flags say
-    return ip.is_global and not ip.is_multicast
-
-
 async def _resolve(host: str, port: int) -> list[str]:
     def lookup() -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -130,7 +126,7 @@ async def check_base_url(url: str, allow_private: bool) -> str:
         except ValueError:
             addrs = await _resolve(host, port)
         for addr in addrs:
-            if not _is_public(ipaddress.ip_address(addr.split("%", 1)[0])):
+            if not is_public(address_of(addr)):
                 raise _bad_url(
                     f"host `{host}` is a private, loopback or link-local address; refused "
                     "unless the operator sets alerts.allow_private_targets = true.")
@@ -209,8 +205,8 @@ async def org_provider_overrides(pg: asyncpg.Pool, encryption_key: bytes | None,
 
     Rows that do not decrypt (or any row, without an encryption key) are left out and
     logged by org and provider only, so that org's traffic uses the config-level key.
-    ``base_url`` was checked when written; DNS may have changed since, so callers that
-    need rebinding-proof SSRF protection must check the connected address too.
+    ``base_url`` was checked when written; DNS may have changed since, which the upstream
+    session's resolver (``cognitude.egress``) catches at connect time.
     """
     rows = await pg.fetch(
         "SELECT provider, ciphertext, base_url FROM provider_credentials WHERE org_id = $1",
