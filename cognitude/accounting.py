@@ -61,7 +61,30 @@ class RequestLog:
         self.acc: StreamAccumulator | None = None  # a streamed miss, complete or not
 
 
+_USAGE_KEY = b'"usage"'
+_KEY_STARTS = frozenset(b"{, \t\r\n")  # what may precede a key's opening quote
+
+
 def _usage_of(body: bytes) -> dict[str, Any] | None:
+    """The response's top-level ``usage`` object, or None.
+
+    OpenAI and the compatible servers put ``usage`` last, so it is parsed from the tail
+    alone, at a cost that does not grow with the completion (a 4 KB answer made the full
+    parse the costliest step of accounting). The tail is trusted only when it is exactly
+    ``"usage": <object> }`` after a byte that can start a key: a nested ``usage`` leaves
+    extra closing brackets, so it fails to parse; an escaped quote is preceded by a
+    backslash. Anything else takes the full parse, as before.
+    """
+    i = body.rfind(_USAGE_KEY)
+    if i > 0 and body[i - 1] in _KEY_STARTS:
+        tail = body[i + len(_USAGE_KEY):].strip()
+        if tail[:1] == b":" and tail[-1:] == b"}":
+            try:
+                usage = orjson.loads(tail[1:-1])
+            except orjson.JSONDecodeError:
+                usage = None
+            if isinstance(usage, dict):
+                return usage
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
