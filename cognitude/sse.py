@@ -72,13 +72,15 @@ class StreamAccumulator:
     def feed(self, chunk: bytes) -> None:
         if self._broken:
             return
-        self._buf += chunk
-        while True:
-            end = self._buf.find(b"\n\n")
-            if end < 0:
-                return
-            event, self._buf = self._buf[:end], self._buf[end + 2 :]
-            self._event(event)
+        buf = self._buf + chunk if self._buf else chunk
+        # One pass with an offset: cutting the buffer after every event copied the rest of
+        # it each time, quadratic when a chunk carries many events (a client reading slowly
+        # lets aiohttp coalesce them).
+        start = 0
+        while (end := buf.find(b"\n\n", start)) >= 0:
+            self._event(buf[start:end])
+            start = end + 2
+        self._buf = buf[start:]
 
     def _event(self, event: bytes) -> None:
         for line in event.split(b"\n"):
