@@ -30,6 +30,8 @@ lint: $(STAMP)
 # Each script replaces its own sections of bench/RESULTS.md (overhead.py keeps the others).
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+	@if command -v valgrind >/dev/null; then $(BIN)/python bench/instructions.py; \
+	else echo "valgrind not installed (apt-get install valgrind): bench/instructions.py skipped"; fi
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/locust_run.py
 	$(BIN)/python bench/writer.py
