@@ -1,4 +1,4 @@
-"""aiohttp vs httpx as the proxy's upstream client (DESIGN §9), reproducibly.
+"""aiohttp vs httpx as the proxy's upstream client (DESIGN §9), reproducibly, with a floor.
 
     .venv/bin/python bench/upstream_clients.py [--n1 2000] [--n32 5000] [--concurrency 32]
 
@@ -10,6 +10,11 @@ uvloop like the proxy:
 * concurrency 1: ``--n1`` sequential requests; p50 / p99 of each request's wall time;
 * concurrency ``--concurrency``: ``--n32`` requests from that many coroutines sharing one
   client; throughput (requests / wall time) and per-request p50 / p99.
+
+A third row, ``floor``, is not a candidate: keep-alive connections on ``asyncio.Protocol``
+that write each request with one bytes format and parse the response with httptools (the
+C parser uvicorn uses). No TLS, timeouts, reconnects or chunked uploads: it shows how much
+of a client's cost is the client (what a hand-written one could save at best).
 
 Each measurement is preceded by an unrecorded warm-up (connections opened, code paths hot)
 and is bounded in count and in time (``--max-seconds-each``; a cut-short run is marked
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import httptools
 import httpx
 import orjson
 import uvloop
@@ -110,6 +116,69 @@ async def measure(client: str, post: Post, concurrency: int, count: int, warmup:
     return run
 
 
+class _FloorConn(asyncio.Protocol):
+    """One keep-alive connection of the floor client (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.waiter: asyncio.Future[int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(self.parser.get_status_code())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("closed"))
+
+    async def post(self, head: bytes, body: bytes) -> int:
+        self.headers, self.body = [], []
+        self.waiter = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(head + body)
+        status = await self.waiter
+        b"".join(self.body)  # what a caller would keep
+        return status
+
+
+class FloorClient:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[_FloorConn] = []
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        conn = self.idle.pop() if self.idle else None
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            _, conn = await asyncio.get_running_loop().create_connection(
+                _FloorConn, benchlib.LOOPBACK, self.port)
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head = (f"POST {path} HTTP/1.1\r\nhost: {benchlib.LOOPBACK}:{self.port}\r\n{lines}"
+                f"content-length: {len(body)}\r\n\r\n").encode()
+        status = await conn.post(head, body)
+        self.idle.append(conn)
+        return status
+
+    def close(self) -> None:
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+
+
 async def bench(port: int, args: argparse.Namespace) -> list[Run]:
     url = f"http://{benchlib.LOOPBACK}:{port}/v1/chat/completions"
     runs: list[Run] = []
@@ -129,7 +198,13 @@ async def bench(port: int, args: argparse.Namespace) -> list[Run]:
         resp = await h_client.post(url, content=BODY, headers=HEADERS)
         return resp.status_code
 
-    clients: list[tuple[str, Post]] = [("aiohttp", a_post), ("httpx", h_post)]
+    floor = FloorClient(port)
+
+    async def f_post() -> int:
+        return await floor.post("/v1/chat/completions", BODY, HEADERS)
+
+    clients: list[tuple[str, Post]] = [("aiohttp", a_post), ("httpx", h_post),
+                                       ("floor", f_post)]
     try:
         # Interleaved per concurrency level, so drift on a shared machine hits both alike.
         for conc, count in ((1, args.n1), (args.concurrency, args.n32)):
@@ -143,6 +218,7 @@ async def bench(port: int, args: argparse.Namespace) -> list[Run]:
     finally:
         await a_session.close()
         await h_client.aclose()
+        floor.close()
     return runs
 
 
@@ -174,6 +250,10 @@ def ratio_line(runs: list[Run]) -> str:
         else:
             parts.append(f"c={conc} throughput: aiohttp {a.throughput:.0f} vs httpx "
                          f"{h.throughput:.0f} req/s (httpx p99 {percentile(h.lat_ms, 99):.1f} ms)")
+        f = by.get(("floor", conc))
+        if f and f.n and a.n:
+            parts.append(f"c={conc} client CPU: aiohttp {a.cpu_s * 1e6 / a.n:.0f} µs/req vs "
+                         f"the floor {f.cpu_s * 1e6 / f.n:.0f}")
     return "; ".join(parts)
 
 
@@ -211,12 +291,15 @@ def main(argv: list[str] | None = None) -> int:
                                               "httptools"))
         facts = {**machine, **versions}
         args.output.write_text(
-            "# Upstream client comparison: aiohttp vs httpx\n\n"
+            "# Upstream client comparison: aiohttp vs httpx (and the floor)\n\n"
             "Generated by `bench/upstream_clients.py` "
             f"(`{' '.join(['bench/upstream_clients.py', *sys.argv[1:]])}`) on "
             f"{machine['date (UTC)']} UTC: the same non-streaming chat POST to "
-            "`cognitude mock-upstream` (its own process) on loopback, both clients pooled "
-            f"and keep-alive on uvloop, {args.warmup} warm-up requests before each row.\n\n"
+            "`cognitude mock-upstream` (its own process) on loopback, every client pooled "
+            f"and keep-alive on uvloop, {args.warmup} warm-up requests before each row. "
+            "`floor` is not a candidate: `asyncio.Protocol` connections writing each request "
+            "with one format and parsing the response with httptools, without TLS, timeouts "
+            "or reconnects; it bounds what any client could save.\n\n"
             + table + "\n\n" + ratio_line(runs) + ".\n\n"
             + benchlib.markdown_table(["what", "value"], [[k, v] for k, v in facts.items()])
             + "\n")
