@@ -28,7 +28,7 @@ from cognitude.accounting import Accountant, RequestLog
 from cognitude.embedded import EmbeddedServices
 from cognitude.gate import Gate, GateResult, Limits
 from cognitude.pricing import load_catalog
-from cognitude.proxy import JSON_CT, _limit_headers, _parse, _timing
+from cognitude.proxy import JSON_CT, RequestIds, _limit_headers, _parse, _timing
 from cognitude.usage import UsageRecord
 
 pytestmark = pytest.mark.bench
@@ -174,11 +174,12 @@ def test_hit_response_headers(benchmark: Any) -> None:
     (keep in step with cognitude/proxy.py)."""
     g = GateResult(allowed=True, limit=1000, remaining=997, reset_s=60, retry_after_s=0,
                    cached=b"")
-    rid = os.urandom(12).hex()
+    next_id = RequestIds()
     model = "gpt-4o-mini"
     t0 = perf_counter()
 
     def build() -> list[tuple[bytes, bytes]]:
+        rid = next_id()
         limit_headers = _limit_headers(g)
         routing = [(b"x-cognitude-model", model.encode()),
                    (b"x-cognitude-provider", b"mock"), *limit_headers]
