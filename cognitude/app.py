@@ -39,7 +39,7 @@ from .errors import (
     error_body,
     for_status,
 )
-from .gate import Gate
+from .gate import Gate, UsageReader
 from .invalidation import Invalidator
 from .maintenance import Maintenance
 from .management import accounts, cache_settings, limits, providers
@@ -266,9 +266,9 @@ class CognitudeApp:
             stack.push_async_callback(invalidator.close)
             state = AppState(
                 cfg=cfg, secrets=secrets, redis=redis, pipe=pipe, pg=pg, gate=gate,
-                keys=keycache, providers=providers, session=session,
-                codec=ValueCodec(cfg.cache.compress_min_bytes), accountant=accountant,
-                cold=cold,
+                limits_usage=UsageReader(redis), keys=keycache, providers=providers,
+                session=session, codec=ValueCodec(cfg.cache.compress_min_bytes),
+                accountant=accountant, cold=cold,
             )
             app.state.cognitude = state
             self.hot = {

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from cognitude.redis_pipe import RedisPipe
 
 GATE_LUA_PATH: Path = LUA_DIR / "gate.lua"
+USAGE_LUA_PATH: Path = LUA_DIR / "limits_usage.lua"
 
 # ARGV[5] of gate.lua, as the bytes the client would encode anyway.
 _COUNT_HITS = b"1"
@@ -165,3 +166,33 @@ def _parse(reply: list[Any]) -> GateResult:
         window=window,
         epoch=epoch,
     )
+
+
+@dataclass(slots=True, frozen=True)
+class WindowUsage:
+    used: int
+    reset_ms: int
+
+
+class UsageReader:
+    """An org's current use of its three windows, read without counting (``GET
+    /rate-limits``): runs ``lua/limits_usage.lua`` by SHA, reloading once on ``NOSCRIPT``
+    as ``Gate`` does. One per process, created by the lifespan (``AppState.limits_usage``)."""
+
+    __slots__ = ("_script",)
+
+    def __init__(self, redis: Any, source: str | None = None) -> None:
+        self._script = LuaScript(redis, USAGE_LUA_PATH, source)
+
+    @property
+    def sha(self) -> str:
+        return self._script.sha
+
+    async def load(self) -> None:
+        await self._script.load()
+
+    async def read(self, org_id: str, *, now_ms: int | None = None) -> list[WindowUsage]:
+        """minute, hour, day. ``now_ms`` overrides the server clock, for tests only."""
+        reply = await self._script.run(keys.limiter_keys(org_id),
+                                       (0 if now_ms is None else now_ms,))
+        return [WindowUsage(int(reply[i]), int(reply[i + 1])) for i in range(0, 6, 2)]

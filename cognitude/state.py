@@ -13,7 +13,7 @@ from .auth import KeyCache
 from .cache_key import ValueCodec
 from .cold_cache import ColdCache
 from .config import Config, Secrets
-from .gate import Gate
+from .gate import Gate, UsageReader
 from .redis_pipe import RedisPipe
 from .upstream import Providers
 
@@ -26,6 +26,7 @@ class AppState:
     pipe: RedisPipe | None  # the hot path's client; None for TLS or Cluster (redis-py then)
     pg: asyncpg.Pool | None
     gate: Gate
+    limits_usage: UsageReader  # GET /rate-limits (redis-py: never on the hot path)
     keys: KeyCache
     providers: Providers
     session: aiohttp.ClientSession

@@ -279,7 +279,7 @@ def test_usage_matches_gate_state(make_client: Client, pg_dsn: str) -> None:
     org = new_org(pg_dsn)
     with make_client() as c:
         st = state(c)
-        reader = limits.UsageReader(st.redis)
+        reader = st.limits_usage
         lim = Limits(10, 100, 1000)
         ks = keys.limiter_keys(org.org_id)
         for k in range(1, 4):

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -32,10 +30,7 @@ from ..auth import require_admin, require_key
 from ..config import Config
 from ..errors import InvalidRequest, NotFound, ServiceUnavailable
 from ..invalidation import publish
-from ..lua_script import LUA_DIR, LuaScript
 from ..state import AppState
-
-USAGE_LUA_PATH: Path = LUA_DIR / "limits_usage.lua"
 
 MAX_LIMIT = 10**9
 MAX_ORG_ID_LEN = 200
@@ -86,43 +81,6 @@ def _state(request: Request) -> AppState:
 
 
 # ---- the read-only usage script ------------------------------------------------------------
-
-
-@dataclass(slots=True, frozen=True)
-class WindowUsage:
-    used: int
-    reset_ms: int
-
-
-class UsageReader:
-    """Runs ``lua/limits_usage.lua`` by SHA; reloads once on ``NOSCRIPT`` (as ``Gate``)."""
-
-    __slots__ = ("_script",)
-
-    def __init__(self, redis: Any, source: str | None = None) -> None:
-        self._script = LuaScript(redis, USAGE_LUA_PATH, source)
-
-    @property
-    def sha(self) -> str:
-        return self._script.sha
-
-    async def load(self) -> None:
-        await self._script.load()
-
-    async def read(self, org_id: str, *, now_ms: int | None = None) -> list[WindowUsage]:
-        """minute, hour, day. ``now_ms`` overrides the server clock, for tests only."""
-        reply = await self._script.run(keys.limiter_keys(org_id),
-                                       (0 if now_ms is None else now_ms,))
-        return [WindowUsage(int(reply[i]), int(reply[i + 1])) for i in range(0, 6, 2)]
-
-
-def _reader(request: Request, st: AppState) -> UsageReader:
-    # One reader per Redis client, kept on the Starlette app (AppState has fixed slots).
-    held = getattr(request.app.state, "limits_usage_reader", None)
-    if held is None or held[0] is not st.redis:
-        held = (st.redis, UsageReader(st.redis))
-        request.app.state.limits_usage_reader = held
-    return held[1]
 
 
 # ---- routes ------------------------------------------------------------------------------
@@ -195,7 +153,7 @@ async def get_usage(request: Request) -> Response:
         eff = _effective(st.cfg, row)
         limits = tuple(eff[col] for _, col in WINDOWS)
     with redis_errors():
-        windows = await _reader(request, st).read(info.org_id)
+        windows = await st.limits_usage.read(info.org_id)
     out = {}
     for (name, _), w, limit in zip(WINDOWS, windows, limits, strict=True):
         out[name] = {"used": w.used, "limit": limit, "remaining": max(0, limit - w.used),
