@@ -26,13 +26,15 @@ EXCLUDED_FIELDS: dict[str, str] = {
     "store": "whether the provider keeps the completion; no effect on its content",
 }
 
+_EXCLUDED = frozenset(EXCLUDED_FIELDS)
+
 FLAG_RAW = 0
 FLAG_ZSTD = 1
 
 
 def digest(body: dict) -> str:
     """xxh3_128 hex of the request's output-affecting fields."""
-    if any(k in body for k in EXCLUDED_FIELDS):
+    if not _EXCLUDED.isdisjoint(body):
         body = {k: v for k, v in body.items() if k not in EXCLUDED_FIELDS}
     return xxhash.xxh3_128_hexdigest(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
 
