@@ -11,12 +11,14 @@ import ctypes
 import http.client
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -234,6 +236,32 @@ def code_version() -> str:
     if not head:
         return "unknown (not a git checkout)"
     return head + (" + uncommitted changes in cognitude/ or lua/" if dirty.strip() else "")
+
+
+def begin() -> tuple[float, dict[str, str]]:
+    """Start of a bench script's run: (monotonic start time, machine facts + the code under
+    test). Also turns SIGTERM into ``SystemExit(143)``: a bare SIGTERM would end the
+    process without running its ``finally`` blocks (and context managers), which are what
+    stop the child servers and remove the scratch directory."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t_start = time.monotonic()
+    machine = machine_info()
+    machine["cognitude (at start)"] = code_version()
+    return t_start, machine
+
+
+@contextlib.contextmanager
+def workdir(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A fresh scratch directory (``mkdtemp``) for logs and data; removed at exit, or kept
+    and its path printed when ``keep`` (``--keep-tmp``)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

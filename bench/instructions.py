@@ -39,11 +39,9 @@ import argparse
 import contextlib
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -245,35 +243,30 @@ def run_code(tmp: Path, code: Path | None, label: str, args: argparse.Namespace
     work = tmp / label
     work.mkdir()
     prefix = [*VALGRIND, f"--callgrind-out-file={work}/callgrind.out.%p"]
-    env = overhead.start_env(work, proxy_prefix=prefix, code=code,
-                             start_timeout=_START_TIMEOUT, extra_config=CONFIG)
     direct = None
     counts = []
-    try:
-        if "hit" in args.scenarios:
-            overhead.warm_cache(env)
-        if "ratelimited" in args.scenarios:
-            overhead.use_up_limit(env)
-        if code is None:
-            direct = benchlib.MockProcess(work, prefix=prefix, name="mock-direct",
-                                          start_timeout=_START_TIMEOUT)
-        for scen in args.scenarios:
-            if direct is not None and scen in ("hit", "miss", "stream"):
-                c = measure(direct.pid, work, direct.port, env.key, scen, args.requests,
-                            "direct", label, f"{label} {scen}")
+    with overhead.running(work, args.scenarios, proxy_prefix=prefix, code=code,
+                          start_timeout=_START_TIMEOUT, extra_config=CONFIG) as env:
+        try:
+            if code is None:
+                direct = benchlib.MockProcess(work, prefix=prefix, name="mock-direct",
+                                              start_timeout=_START_TIMEOUT)
+            for scen in args.scenarios:
+                if direct is not None and scen in ("hit", "miss", "stream"):
+                    c = measure(direct.pid, work, direct.port, env.key, scen, args.requests,
+                                "direct", label, f"{label} {scen}")
+                    counts.append(c)
+                    print(f"  {label:>8} {scen:<11} direct {c.per_request:>12,.0f} instr/req",
+                          flush=True)
+                key = env.limited_key if scen == "ratelimited" else env.key
+                c = measure(env.proxy.pid, work, env.proxy_port, key, scen, args.requests,
+                            "proxy", label, f"{label} {scen}")
                 counts.append(c)
-                print(f"  {label:>8} {scen:<11} direct {c.per_request:>12,.0f} instr/req",
+                print(f"  {label:>8} {scen:<11} proxy  {c.per_request:>12,.0f} instr/req",
                       flush=True)
-            key = env.limited_key if scen == "ratelimited" else env.key
-            c = measure(env.proxy.pid, work, env.proxy_port, key, scen, args.requests,
-                        "proxy", label, f"{label} {scen}")
-            counts.append(c)
-            print(f"  {label:>8} {scen:<11} proxy  {c.per_request:>12,.0f} instr/req",
-                  flush=True)
-    finally:
-        if direct is not None:
-            direct.stop()
-        overhead.stop_env(env)
+        finally:
+            if direct is not None:
+                direct.stop()
     return counts
 
 
@@ -349,14 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             p.error(f"needs {tool} (Debian: apt-get install valgrind)")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    t0 = time.monotonic()
-    machine = benchlib.machine_info()
-    machine["cognitude (at start)"] = benchlib.code_version()
-    tmp = Path(tempfile.mkdtemp(prefix="cognitude-instr-"))
+    t0, machine = benchlib.begin()
     counts: list[Count] = []
     base_label = None
-    try:
+    with benchlib.workdir("cognitude-instr-") as tmp:
         if args.compare:
             base_label = subprocess.run(
                 ["git", "-C", str(benchlib.REPO), "rev-parse", "--short", args.compare],
@@ -364,8 +353,6 @@ def main(argv: list[str] | None = None) -> int:
             with worktree(args.compare, tmp) as path:
                 counts += run_code(tmp, path, base_label, args)
         counts += run_code(tmp, None, "HEAD", args)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     text = render(counts, args, machine, base_label, time.monotonic() - t0)
     print()
     print(text)

@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import resource
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402  (sibling module, see its docstring)
-import overhead  # noqa: E402  (reused: start_env, warm_cache, use_up_limit, PROMPT)
+import overhead  # noqa: E402  (reused: running, PROMPT)
 
 LOCUSTFILE = benchlib.BENCH / "locustfile.py"
 USER_CLASSES = {"hit": "HitUser", "miss": "MissUser", "ratelimited": "RateLimitedUser",
@@ -266,58 +263,41 @@ def main(argv: list[str] | None = None) -> int:
     if not 2 <= args.duration <= 300:
         p.error("--duration must be in [2, 300]")
 
-    # SIGTERM → SystemExit, so the finally below stops every child we started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    t_start = time.monotonic()
-    machine = benchlib.machine_info()
-    machine["cognitude (at start)"] = benchlib.code_version()
-    tmp = Path(tempfile.mkdtemp(prefix="cognitude-locust-"))
-    env = None
-    try:
+    t_start, machine = benchlib.begin()
+    with benchlib.workdir("cognitude-locust-", args.keep_tmp) as tmp:
         print(f"starting Valkey, PostgreSQL, the mock and the proxy under {tmp} ...",
               flush=True)
-        env = overhead.start_env(tmp)
-        if "hit" in args.scenarios:
-            overhead.warm_cache(env)
-        if "ratelimited" in args.scenarios:
-            overhead.use_up_limit(env)
-        print(f"proxy pid {env.proxy.pid}, mock pid {env.mock.pid}", flush=True)
-        runs: list[Run] = []
-        for i, name in enumerate(args.scenarios):
-            # Alternate which target goes first, so a drift in the machine's load does not
-            # always fall on the same one.
-            for target in ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct"):
-                print(f"  locust {name} → {target} ({args.duration:g} s) ...", flush=True)
-                run = run_locust(env, args, name, target)
-                runs.append(run)
-                print(f"    {run.requests} requests, {run.failures} failures, "
-                      f"{_f(run.rps, 1)} req/s, mean {_f(run.mean_ms)} ms, p99 "
-                      f"{_ms(run.pct('99%'))} ms {run.error[:200]}", flush=True)
-                time.sleep(0.5)  # let write-backs and the usage writer settle
-        runs.sort(key=lambda r: (args.scenarios.index(r.scenario), r.target))
-        summary, failures = summarise(runs, args.max_added_p99_ms)
-        print()
-        print(benchlib.markdown_table(SUMMARY_HEADER, summary))
-        print()
-        print(benchlib.markdown_table(RUN_HEADER, run_rows(runs)))
-        print("\n(percentiles: whole ms, locust's resolution; mean: exact)")
-        if not args.no_write:
-            text = render(args, env, machine, runs, summary, failures,
-                          time.monotonic() - t_start)
-            benchlib.replace_section(args.output, SECTION, text)
-            print(f"wrote the {SECTION!r} section of {args.output}")
-        if failures:
-            print("FAILED: " + "; ".join(failures), file=sys.stderr)
-            return 1
-        print(f"every added p99 within {args.max_added_p99_ms:g} ms")
-        return 0
-    finally:
-        if env is not None:
-            overhead.stop_env(env)
-        if args.keep_tmp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with overhead.running(tmp, args.scenarios) as env:
+            print(f"proxy pid {env.proxy.pid}, mock pid {env.mock.pid}", flush=True)
+            runs: list[Run] = []
+            for i, name in enumerate(args.scenarios):
+                # Alternate which target goes first, so a drift in the machine's load does
+                # not always fall on the same one.
+                for target in ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct"):
+                    print(f"  locust {name} → {target} ({args.duration:g} s) ...", flush=True)
+                    run = run_locust(env, args, name, target)
+                    runs.append(run)
+                    print(f"    {run.requests} requests, {run.failures} failures, "
+                          f"{_f(run.rps, 1)} req/s, mean {_f(run.mean_ms)} ms, p99 "
+                          f"{_ms(run.pct('99%'))} ms {run.error[:200]}", flush=True)
+                    time.sleep(0.5)  # let write-backs and the usage writer settle
+            runs.sort(key=lambda r: (args.scenarios.index(r.scenario), r.target))
+            summary, failures = summarise(runs, args.max_added_p99_ms)
+            print()
+            print(benchlib.markdown_table(SUMMARY_HEADER, summary))
+            print()
+            print(benchlib.markdown_table(RUN_HEADER, run_rows(runs)))
+            print("\n(percentiles: whole ms, locust's resolution; mean: exact)")
+            if not args.no_write:
+                text = render(args, env, machine, runs, summary, failures,
+                              time.monotonic() - t_start)
+                benchlib.replace_section(args.output, SECTION, text)
+                print(f"wrote the {SECTION!r} section of {args.output}")
+            if failures:
+                print("FAILED: " + "; ".join(failures), file=sys.stderr)
+                return 1
+            print(f"every added p99 within {args.max_added_p99_ms:g} ms")
+            return 0
 
 
 if __name__ == "__main__":

@@ -47,15 +47,12 @@ import contextlib
 import ctypes
 import gc
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -654,11 +651,13 @@ def _valkey_pid(services: EmbeddedServices) -> int:
 
 
 def start_env(tmp: Path, proxy_prefix: Sequence[str] = (), code: Path | None = None,
-              start_timeout: float = 30.0, extra_config: str = "") -> Env:
+              start_timeout: float = 30.0, extra_config: str = "", nice: int = 0) -> Env:
     """Valkey, PostgreSQL, the mock and the proxy. ``proxy_prefix`` runs the proxy under a
     command (valgrind), ``code`` imports ``cognitude`` for the proxy from another checkout
     (an A/B against an older revision); the mock always runs this checkout's code;
-    ``extra_config`` is appended to the proxy's config.toml."""
+    ``extra_config`` is appended to the proxy's config.toml; a non-zero ``nice``
+    (``--nice``) renices this process and every server as soon as they are up, before any
+    request."""
     services = EmbeddedServices(tmp / "embedded", fast=True)
     mock = proxy = None
     try:
@@ -677,8 +676,11 @@ def start_env(tmp: Path, proxy_prefix: Sequence[str] = (), code: Path | None = N
              str(cfg_path)],
             log_path, cwd=tmp, env={"PYTHONPATH": str(code)} if code is not None else None)
         benchlib.wait_http(proxy, port, "/health", log_path, start_timeout)
-        return Env(tmp, services, mock, proxy, port, log_path, text, key, limited_key,
-                   _valkey_pid(services), pg_version, _valkey_version())
+        env = Env(tmp, services, mock, proxy, port, log_path, text, key, limited_key,
+                  _valkey_pid(services), pg_version, _valkey_version())
+        if nice:
+            benchlib.renice([os.getpid(), mock.pid, proxy.pid, *services.pids], nice)
+        return env
     except BaseException:
         benchlib.stop(proxy)
         if mock is not None:
@@ -691,6 +693,22 @@ def stop_env(env: Env) -> None:
     benchlib.stop(env.proxy)
     env.mock.stop()
     env.services.stop()
+
+
+@contextlib.contextmanager
+def running(tmp: Path, scenarios: Sequence[str] = (), **start_kw: Any) -> Iterator[Env]:
+    """``start_env(tmp, **start_kw)``, made ready for ``scenarios`` (the hit body cached for
+    "hit", the limited org's request spent for "ratelimited"), stopped at exit: also when
+    the warm-up fails."""
+    env = start_env(tmp, **start_kw)
+    try:
+        if "hit" in scenarios:
+            warm_cache(env)
+        if "ratelimited" in scenarios:
+            use_up_limit(env)
+        yield env
+    finally:
+        stop_env(env)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -1003,59 +1021,39 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         p.error("needs Linux (timerfd, /proc)")
 
-    # SIGTERM → SystemExit, so the finally below stops every child we started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    t_start = time.monotonic()
-    machine = benchlib.machine_info()
-    machine["cognitude (at start)"] = benchlib.code_version()
-    tmp = Path(tempfile.mkdtemp(prefix="cognitude-bench-"))
-    env = None
-    try:
+    t_start, machine = benchlib.begin()
+    with benchlib.workdir("cognitude-bench-", args.keep_tmp) as tmp:
         print(f"starting Valkey, PostgreSQL, the mock and the proxy under {tmp} ...",
               flush=True)
-        env = start_env(tmp)
-        if args.nice:
-            benchlib.renice([os.getpid(), env.mock.pid, env.proxy.pid, *env.services.pids],
-                            args.nice)
-        if "hit" in args.scenarios:
-            warm_cache(env)
-        if "ratelimited" in args.scenarios:
-            use_up_limit(env)
-        print(f"proxy pid {env.proxy.pid}, mock pid {env.mock.pid}, valkey pid "
-              f"{env.valkey_pid}; running {len(args.scenarios) * len(args.rates) * 2} phases"
-              f" in {args.rounds} round(s) each",
-              flush=True)
-        results = uvloop.run(run_phases(env, args))
-        elapsed = time.monotonic() - t_start
-        summary, goals, failures = summarise(results, args.max_added_p99_ms)
-        print()
-        print(benchlib.markdown_table(SUMMARY_HEADER, summary))
-        print()
-        print(benchlib.markdown_table(PHASE_HEADER, phase_rows(results)))
-        print()
-        if goals:
-            print(benchlib.markdown_table(GOAL_HEADER, goals))
+        with running(tmp, args.scenarios, nice=args.nice) as env:
+            print(f"proxy pid {env.proxy.pid}, mock pid {env.mock.pid}, valkey pid "
+                  f"{env.valkey_pid}; running {len(args.scenarios) * len(args.rates) * 2} "
+                  f"phases in {args.rounds} round(s) each",
+                  flush=True)
+            results = uvloop.run(run_phases(env, args))
+            elapsed = time.monotonic() - t_start
+            summary, goals, failures = summarise(results, args.max_added_p99_ms)
             print()
-        # Sections owned by other scripts or written by hand survive the regeneration.
-        kept = benchlib.sections(args.output, benchlib.KEPT_SECTIONS)
-        args.output.write_text(render(env, args, machine, results, summary, goals, failures,
-                                      elapsed))
-        for heading, text in kept:
-            benchlib.replace_section(args.output, heading, text)
-        print(f"wrote {args.output}" + (f" (kept: {', '.join(h for h, _ in kept)})"
-                                         if kept else ""))
-        if failures:
-            print("FAILED: " + "; ".join(failures), file=sys.stderr)
-            return 1
-        print(f"every added p99 within {args.max_added_p99_ms:g} ms")
-        return 0
-    finally:
-        if env is not None:
-            stop_env(env)
-        if args.keep_tmp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+            print(benchlib.markdown_table(SUMMARY_HEADER, summary))
+            print()
+            print(benchlib.markdown_table(PHASE_HEADER, phase_rows(results)))
+            print()
+            if goals:
+                print(benchlib.markdown_table(GOAL_HEADER, goals))
+                print()
+            # Sections owned by other scripts or written by hand survive the regeneration.
+            kept = benchlib.sections(args.output, benchlib.KEPT_SECTIONS)
+            args.output.write_text(render(env, args, machine, results, summary, goals,
+                                          failures, elapsed))
+            for heading, text in kept:
+                benchlib.replace_section(args.output, heading, text)
+            print(f"wrote {args.output}" + (f" (kept: {', '.join(h for h, _ in kept)})"
+                                             if kept else ""))
+            if failures:
+                print("FAILED: " + "; ".join(failures), file=sys.stderr)
+                return 1
+            print(f"every added p99 within {args.max_added_p99_ms:g} ms")
+            return 0
 
 
 if __name__ == "__main__":

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -290,14 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     profiles = [(s.split("@")[0], int(s.split("@")[1]))
                 for s in args.profiles.split(",") if s.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="cognitude-prof-"))
-    env = None
-    md: list[str] = [f"# Proxy profile ({benchlib.machine_info()['date (UTC)']} UTC, "
-                     f"cognitude {benchlib.code_version()})\n"]
-    try:
-        env = overhead.start_env(tmp)
-        overhead.warm_cache(env)
+    _, machine = benchlib.begin()
+    md: list[str] = [f"# Proxy profile ({machine['date (UTC)']} UTC, "
+                     f"cognitude {machine['cognitude (at start)']})\n"]
+    with (benchlib.workdir("cognitude-prof-") as tmp,
+          overhead.running(tmp, ("hit",)) as env):
         print(f"proxy pid {env.proxy.pid}", flush=True)
         time.sleep(1.0)
         cpu_s, cs_s = idle(env.proxy.pid)
@@ -323,10 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(md))
         print(f"wrote {args.out / 'summary.md'}")
         return 0
-    finally:
-        if env is not None:
-            overhead.stop_env(env)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

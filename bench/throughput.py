@@ -33,12 +33,9 @@ import argparse
 import asyncio
 import gc
 import json
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -415,8 +412,7 @@ def render(runs: list[dict[str, Any]], args: argparse.Namespace, machine: dict[s
         out.append(f"- {v}")
     out.append("")
     out.extend(notes)
-    facts = {**machine, "cognitude (at start)": benchlib.code_version()}
-    out.append("Machine: " + "; ".join(f"{k} {v}" for k, v in facts.items()) + ".\n")
+    out.append("Machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()) + ".\n")
     return "\n".join(out)
 
 
@@ -445,70 +441,61 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.duration <= 60 or not 0 <= args.warmup <= 30 or not 1 <= args.procs <= 4:
         p.error("--duration in (0, 60], --warmup in [0, 30], --procs in 1..4")
 
-    import overhead  # sibling: its start_env / stop_env / warm_cache
+    import overhead  # sibling: its running (start_env / warm_cache / stop_env)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    t0 = time.monotonic()
-    machine = benchlib.machine_info()
-    tmp = Path(tempfile.mkdtemp(prefix="cognitude-tp-"))
-    env = None
-    try:
+    t0, machine = benchlib.begin()
+    with benchlib.workdir("cognitude-tp-", args.keep_tmp) as tmp:
         print(f"starting Valkey, PostgreSQL, the mock and the proxy under {tmp} ...",
               flush=True)
-        env = overhead.start_env(tmp)
-        dsn = env.services.postgres_dsn
-        assert dsn
-        org = asyncio.run(_org_id(dsn))
-        if "hit" in scenarios:
-            overhead.warm_cache(env)
-        print(f"proxy pid {env.proxy.pid}, mock pid {env.mock.pid}, valkey pid "
-              f"{env.valkey_pid}", flush=True)
-        runs = []
-        for scen in scenarios:
-            for k in ks:
-                for target in ("direct", "proxy"):
-                    before = asyncio.run(_usage_count(dsn, org)) if target == "proxy" else None
-                    log_at = env.proxy_log.stat().st_size
-                    r = run_load(env, scen, target, k, args)
-                    if target == "proxy":
-                        r["proxy_log"] = _log_reasons(env.proxy_log, log_at)
-                    if before is not None:
-                        # Every response the proxy sent (errors included) is a usage row.
-                        n, d = wait_usage(dsn, org, before[0] + r["responses"])
-                        dn, dd = n - before[0], d - before[1]
-                        r["usage_ok"] = dn == dd == r["responses"]
-                        r["usage"] = (f"{dn:,} rows / {r['responses']:,} answered, {dd:,} ids: "
-                                      + ("exact" if r["usage_ok"] else "MISMATCH"))
-                    print(f"  {scen:4s} K={k:3d} {target:6s} {r['rps']:8.0f} req/s "
-                          f"err={r['errors']} p50={r['p50']:.3f} p99={r['p99']:.3f} ms "
-                          f"cpu={r['server_cpu_ms'] / r['duration'] / 10:.0f} % "
-                          f"({r['server_cpu_ms'] / max(1, r['ok']):.3f} ms/req) gen cpu="
-                          + "+".join(f"{c / r['duration'] / 10:.0f}" for c in r["gen_cpu_ms"])
-                          + f" % sent={r['sent']} answered={r['answered']} "
-                          f"errors_all={r['errors_all']} " + r.get("usage", ""), flush=True)
-                    runs.append(r)
-                    time.sleep(0.5)
-        elapsed = time.monotonic() - t0
-        notes = _notes(runs)
-        print()
-        print(benchlib.markdown_table(HEADER, rows_of(runs)))
-        for _, v in verdicts(runs):
-            print(v)
-        for n in notes:
-            print(n)
-        if not args.no_write:
-            benchlib.replace_section(args.output, "Throughput",
-                                     render(runs, args, machine, elapsed, notes))
-            print(f"wrote the Throughput section of {args.output}")
-        failed = [v for _, v in verdicts(runs) if "MISSED" in v]
-        return 1 if failed or errored(runs) else 0
-    finally:
-        if env is not None:
-            overhead.stop_env(env)
-        if args.keep_tmp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with overhead.running(tmp, scenarios) as env:
+            dsn = env.services.postgres_dsn
+            assert dsn
+            org = asyncio.run(_org_id(dsn))
+            print(f"proxy pid {env.proxy.pid}, mock pid {env.mock.pid}, valkey pid "
+                  f"{env.valkey_pid}", flush=True)
+            runs = []
+            for scen in scenarios:
+                for k in ks:
+                    for target in ("direct", "proxy"):
+                        before = (asyncio.run(_usage_count(dsn, org)) if target == "proxy"
+                                  else None)
+                        log_at = env.proxy_log.stat().st_size
+                        r = run_load(env, scen, target, k, args)
+                        if target == "proxy":
+                            r["proxy_log"] = _log_reasons(env.proxy_log, log_at)
+                        if before is not None:
+                            # Every response the proxy sent (errors included) is a usage row.
+                            n, d = wait_usage(dsn, org, before[0] + r["responses"])
+                            dn, dd = n - before[0], d - before[1]
+                            r["usage_ok"] = dn == dd == r["responses"]
+                            r["usage"] = (f"{dn:,} rows / {r['responses']:,} answered, "
+                                          f"{dd:,} ids: "
+                                          + ("exact" if r["usage_ok"] else "MISMATCH"))
+                        print(f"  {scen:4s} K={k:3d} {target:6s} {r['rps']:8.0f} req/s "
+                              f"err={r['errors']} p50={r['p50']:.3f} p99={r['p99']:.3f} ms "
+                              f"cpu={r['server_cpu_ms'] / r['duration'] / 10:.0f} % "
+                              f"({r['server_cpu_ms'] / max(1, r['ok']):.3f} ms/req) gen cpu="
+                              + "+".join(f"{c / r['duration'] / 10:.0f}"
+                                         for c in r["gen_cpu_ms"])
+                              + f" % sent={r['sent']} answered={r['answered']} "
+                              f"errors_all={r['errors_all']} " + r.get("usage", ""),
+                              flush=True)
+                        runs.append(r)
+                        time.sleep(0.5)
+            elapsed = time.monotonic() - t0
+            notes = _notes(runs)
+            print()
+            print(benchlib.markdown_table(HEADER, rows_of(runs)))
+            for _, v in verdicts(runs):
+                print(v)
+            for n in notes:
+                print(n)
+            if not args.no_write:
+                benchlib.replace_section(args.output, "Throughput",
+                                         render(runs, args, machine, elapsed, notes))
+                print(f"wrote the Throughput section of {args.output}")
+            failed = [v for _, v in verdicts(runs) if "MISSED" in v]
+            return 1 if failed or errored(runs) else 0
 
 
 def _log_reasons(path: Path, offset: int) -> dict[str, int]:

@@ -36,10 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -487,41 +484,34 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         p.error("needs Linux (timerfd, /proc)")
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    t_start = time.monotonic()
-    machine = benchlib.machine_info()
-    machine["cognitude (at start)"] = benchlib.code_version()
-    tmp = Path(tempfile.mkdtemp(prefix="cognitude-writer-"))
-    services = EmbeddedServices(tmp / "embedded", fast=args.fast)
-    try:
-        print(f"starting Valkey and PostgreSQL ({'fast' if args.fast else 'durable'}) under "
-              f"{tmp} ...", flush=True)
-        services.start()
-        outcome = uvloop.run(run(args, services, tmp))
-        elapsed = time.monotonic() - t_start
-        print()
-        print(benchlib.markdown_table(["measure", "value"], drain_table(outcome,
-                                                                        args.flush_rows)))
-        print()
-        print(benchlib.markdown_table(PROBE_HEADER, probe_rows(outcome)))
-        if not args.no_write:
-            benchlib.replace_section(args.output, SECTION, render(args, outcome, machine,
-                                                                  elapsed))
-            print(f"\nwrote the {SECTION!r} section of {args.output}")
-        bad = problems(outcome)
-        if bad:
-            print("FAILED: " + "; ".join(bad), file=sys.stderr)
+    t_start, machine = benchlib.begin()
+    with benchlib.workdir("cognitude-writer-", args.keep_tmp) as tmp:
+        services = EmbeddedServices(tmp / "embedded", fast=args.fast)
+        try:
+            print(f"starting Valkey and PostgreSQL ({'fast' if args.fast else 'durable'}) "
+                  f"under {tmp} ...", flush=True)
+            services.start()
+            outcome = uvloop.run(run(args, services, tmp))
+            elapsed = time.monotonic() - t_start
+            print()
+            print(benchlib.markdown_table(["measure", "value"], drain_table(outcome,
+                                                                            args.flush_rows)))
+            print()
+            print(benchlib.markdown_table(PROBE_HEADER, probe_rows(outcome)))
+            if not args.no_write:
+                benchlib.replace_section(args.output, SECTION, render(args, outcome, machine,
+                                                                      elapsed))
+                print(f"\nwrote the {SECTION!r} section of {args.output}")
+            bad = problems(outcome)
+            if bad:
+                print("FAILED: " + "; ".join(bad), file=sys.stderr)
+                return 1
+            return 0
+        except asyncpg.PostgresError as exc:
+            print(f"PostgreSQL error: {exc}", file=sys.stderr)
             return 1
-        return 0
-    except asyncpg.PostgresError as exc:
-        print(f"PostgreSQL error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        services.stop()
-        if args.keep_tmp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            services.stop()
 
 
 if __name__ == "__main__":
