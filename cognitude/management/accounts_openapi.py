@@ -25,7 +25,6 @@ _PY_SPACE = (r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u
 # Some non-blank character and no NUL (Postgres text cannot hold NUL).
 _NONBLANK = rf"^[^\u0000]*[^\u0000{_PY_SPACE}][^\u0000]*$"
 _NO_NUL = r"^[^\u0000]*$"
-_HAS_NONSPACE = rf"[^{_PY_SPACE}]"  # unanchored: somewhere in the string
 # Same meaning in Python's re and ECMA-262 (JSON Schema): no whitespace, control characters
 # or extra @, and a dot in the domain.
 _LOCAL = rf"[^@\u0000-\u001f\u007f{_PY_SPACE}]+"
@@ -104,8 +103,9 @@ def _list_of(item: dict[str, Any]) -> dict[str, Any]:
 _REGISTER_BODY = _obj(
     {"name": _ORG_NAME, "email": _EMAIL,
      "password": {"type": "string", "minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX,
-                  "pattern": _HAS_NONSPACE,
-                  "description": "Not all blank. Hashed with scrypt; never stored or returned."}},
+                  "pattern": _NONBLANK,
+                  "description": "Not all blank, no NUL. Hashed with scrypt; never stored or "
+                                 "returned."}},
     additionalProperties=False)
 
 _CREATE_KEY_BODY = _obj(
