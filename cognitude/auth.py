@@ -4,12 +4,22 @@ Keys are ``cog-`` + 43 URL-safe characters (32 random bytes) and stored only as 
 ``KeyCache.resolve`` answers from memory for ``auth.key_cache_ttl_s`` after one Postgres
 lookup, so the hot path does not query Postgres per request. Unknown keys are cached too
 (negative entries), so a client hammering with a bad key costs Postgres one query per TTL.
+
+No request waits for Postgres while its key is in use: an entry past ``REFRESH_AHEAD`` of
+its TTL is re-read in the background while it is still served, so under steady traffic it
+is renewed before it expires (an entry is still never trusted past its TTL). Concurrent
+lookups of one key share a single query, so a burst of first requests, or every request
+that arrives while a slow lookup runs, costs Postgres one query, not one each. A lookup
+that was running when an invalidation arrived is not cached: it may have read the row as
+it was before the change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -21,6 +31,8 @@ from .config import Config, Secrets
 from .errors import AuthenticationError, ServiceUnavailable
 from .gate import Limits
 
+log = logging.getLogger("cognitude.auth")
+
 KEY_PREFIX = "cog-"
 # Bound on cached resolutions; past it the cache is cleared wholesale (cheap, rare, and a
 # cleared entry costs one indexed Postgres lookup).
@@ -28,6 +40,9 @@ MAX_CACHED_KEYS = 100_000
 # Without a live invalidation subscription a revoked key must still stop within ~1 s on
 # every replica, so cached resolutions are trusted this long at most.
 UNSUBSCRIBED_TTL_S = 1.0
+# Share of the TTL after which a used entry is re-read in the background.
+REFRESH_AHEAD = 0.8
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +118,7 @@ class KeyCache:
     """key hash → KeyInfo, from config (static keys) or Postgres, cached with a TTL."""
 
     __slots__ = ("_pool", "_ttl", "_defaults", "_cache_defaults", "_encryption_key", "_static",
-                 "_entries", "subscribed")
+                 "_entries", "_inflight", "_generation", "subscribed")
 
     def __init__(self, cfg: Config, secrets_: Secrets, pool: asyncpg.Pool | None) -> None:
         self._pool = pool
@@ -126,6 +141,10 @@ class KeyCache:
         }
         # digest → (fetched at, resolution)
         self._entries: dict[str, tuple[float, KeyInfo | None]] = {}
+        # digest → the lookup running for it (awaited by every request that needs it)
+        self._inflight: dict[str, asyncio.Task[KeyInfo | None]] = {}
+        # Bumped by every invalidation: a lookup started before one is not cached.
+        self._generation = 0
         # Set by the Invalidator while its Redis subscription is live: only then can a
         # revocation reach this process at once, so only then is the full TTL safe.
         self.subscribed = False
@@ -141,27 +160,57 @@ class KeyCache:
             return static
         now = time.monotonic()
         hit = self._entries.get(digest)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
+        if hit is not None:
+            age, ttl = now - hit[0], self.ttl
+            if age < ttl:
+                if age >= ttl * REFRESH_AHEAD and digest not in self._inflight:
+                    self._fetch(digest)  # renewed in the background; this request goes on
+                return hit[1]
+        generation = self._generation
         try:
-            info = await self._lookup(digest)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # shield: a request that gives up (client gone) must not cancel the lookup
+            # the others are waiting for.
+            return await asyncio.shield(self._fetch(digest))
+        except _DB_ERRORS as exc:
             # Postgres unreachable: a key we resolved before keeps working (stale entry,
             # re-checked one TTL later) so a database outage does not stop the proxy; a key
-            # never seen cannot be verified and gets 503.
-            if hit is not None:
+            # never seen, or invalidated meanwhile, cannot be verified and gets 503.
+            if hit is not None and generation == self._generation:
                 self._entries[digest] = (now, hit[1])
                 return hit[1]
             raise ServiceUnavailable(
                 "Cannot verify the API key right now (database unavailable); retry shortly."
             ) from exc
-        if len(self._entries) >= MAX_CACHED_KEYS:
-            self._entries.clear()
-        self._entries[digest] = (now, info)
+
+    def _fetch(self, digest: str) -> asyncio.Task[KeyInfo | None]:
+        """The lookup of ``digest``: the one already running, or a new one."""
+        task = self._inflight.get(digest)
+        if task is None:
+            task = asyncio.ensure_future(self._load(digest))
+            self._inflight[digest] = task
+            task.add_done_callback(lambda t: self._fetched(digest, t))
+        return task
+
+    def _fetched(self, digest: str, task: asyncio.Task[KeyInfo | None]) -> None:
+        if self._inflight.get(digest) is task:
+            del self._inflight[digest]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Retrieved here, so that a failed background refresh (nobody awaits it) is
+            # not reported as "never retrieved"; awaiting requests see it themselves.
+            log.debug("key lookup failed: %s", type(exc).__name__)
+
+    async def _load(self, digest: str) -> KeyInfo | None:
+        generation, started = self._generation, time.monotonic()
+        info = await self._lookup(digest)
+        if generation == self._generation:  # no invalidation while it ran
+            if len(self._entries) >= MAX_CACHED_KEYS:
+                self._entries.clear()
+            self._entries[digest] = (started, info)
         return info
 
     def invalidate(self, digest: str | None = None) -> None:
         """Forget one key's resolution (revoked, changed), or every one (``None``)."""
+        self._generation += 1
         if digest is None:
             self._entries.clear()
         else:
@@ -169,6 +218,7 @@ class KeyCache:
 
     def invalidate_org(self, org_id: str) -> None:
         """Forget every key of an org (its limits or settings changed, or it was disabled)."""
+        self._generation += 1
         for digest in [d for d, (_, info) in self._entries.items()
                        if info is not None and info.org_id == org_id]:
             del self._entries[digest]

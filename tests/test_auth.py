@@ -139,3 +139,104 @@ def test_key_cache_trusts_entries_briefly_without_a_subscription():
     assert cache.ttl == UNSUBSCRIBED_TTL_S <= 1.0
     cache.subscribed = True
     assert cache.ttl == 30.0
+
+
+class ScriptedKeyCache:
+    """A KeyCache whose Postgres lookup is scripted: counts calls, can be held open."""
+
+    @staticmethod
+    def make(ttl: float = 10.0):
+        from cognitude import config
+        from cognitude.auth import KeyCache, KeyInfo
+        from cognitude.gate import Limits
+
+        class Scripted(KeyCache):
+            __slots__ = ("calls", "gate", "fail")
+
+            async def _lookup(self, digest):
+                self.calls += 1
+                await self.gate.wait()
+                if self.fail:
+                    raise OSError("postgres down")
+                return KeyInfo(f"k{self.calls}", "org", Limits(1, 2, 3))
+
+        cfg = config.parse({"auth": {"key_cache_ttl_s": ttl}}, "x", env={})
+        cache = Scripted(cfg, config.read_secrets(cfg, env={}), None)
+        cache.subscribed = True
+        cache.calls, cache.gate, cache.fail = 0, asyncio.Event(), False
+        return cache
+
+
+async def test_concurrent_lookups_of_one_key_share_one_query():
+    cache = ScriptedKeyCache.make()
+    waiting = [asyncio.ensure_future(cache.resolve("cog-burst")) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    cache.gate.set()
+    infos = await asyncio.gather(*waiting)
+    assert cache.calls == 1 and {i.key_id for i in infos} == {"k1"}
+
+
+async def test_a_request_giving_up_does_not_cancel_the_shared_lookup():
+    cache = ScriptedKeyCache.make()
+    quitter = asyncio.ensure_future(cache.resolve("cog-q"))
+    stayer = asyncio.ensure_future(cache.resolve("cog-q"))
+    await asyncio.sleep(0.01)
+    quitter.cancel()
+    cache.gate.set()
+    assert (await stayer).key_id == "k1"
+    assert cache.calls == 1
+
+
+async def test_an_entry_in_use_is_renewed_before_it_expires_without_waiting():
+    from cognitude.auth import REFRESH_AHEAD
+
+    cache = ScriptedKeyCache.make(ttl=10.0)
+    cache.gate.set()
+    assert (await cache.resolve("cog-r")).key_id == "k1"
+    digest = hashlib.sha256(b"cog-r").hexdigest()
+    fetched, info = cache._entries[digest]
+    # Age the entry past the refresh point, still inside its TTL; hold the next lookup.
+    cache._entries[digest] = (fetched - 10.0 * REFRESH_AHEAD - 0.1, info)
+    cache.gate.clear()
+    served = asyncio.ensure_future(cache.resolve("cog-r"))
+    await asyncio.sleep(0.01)
+    # Answered from the entry while the new lookup is still held open: it did not wait.
+    assert served.done() and served.result().key_id == "k1"
+    assert cache.calls == 2 and not cache.gate.is_set()
+    cache.gate.set()
+    await asyncio.sleep(0.01)
+    assert (await cache.resolve("cog-r")).key_id == "k2"  # the background read landed
+    assert cache.calls == 2
+
+
+async def test_a_lookup_overtaken_by_an_invalidation_is_not_cached():
+    cache = ScriptedKeyCache.make()
+    first = asyncio.ensure_future(cache.resolve("cog-inv"))
+    await asyncio.sleep(0.01)
+    cache.invalidate(hashlib.sha256(b"cog-inv").hexdigest())  # e.g. revoked meanwhile
+    cache.gate.set()
+    assert (await first).key_id == "k1"  # that request was already on its way
+    assert (await cache.resolve("cog-inv")).key_id == "k2"  # but nothing was cached
+
+
+async def test_postgres_down_keeps_known_keys_unless_invalidated_meanwhile():
+    from cognitude.errors import ServiceUnavailable
+
+    cache = ScriptedKeyCache.make(ttl=0.05)
+    cache.gate.set()
+    await cache.resolve("cog-known")
+    await asyncio.sleep(0.06)
+    cache.fail = True
+    assert (await cache.resolve("cog-known")).key_id == "k1"  # stale, but served
+    await asyncio.sleep(0.06)
+    cache.gate.clear()
+    pending = asyncio.ensure_future(cache.resolve("cog-known"))
+    await asyncio.sleep(0.01)
+    cache.invalidate()
+    cache.gate.set()
+    try:
+        await pending
+    except ServiceUnavailable:
+        pass
+    else:
+        raise AssertionError("an invalidated key must not be served from a stale entry")
