@@ -261,6 +261,7 @@ class CognitudeApp:
                         f"{cfg.source}: redis.url: cannot reach Redis: {exc}") from None
                 log.warning("redis unreachable at start (%s); failing open", exc)
             keycache = KeyCache(cfg, secrets, pg)
+            stack.push_async_callback(keycache.close)
             invalidator = Invalidator(redis, keycache)
             await invalidator.start()
             stack.push_async_callback(invalidator.close)

@@ -182,6 +182,14 @@ class KeyCache:
                 "Cannot verify the API key right now (database unavailable); retry shortly."
             ) from exc
 
+    async def close(self) -> None:
+        """Cancel the lookups still running (background refreshes), before the pool closes."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
     def _fetch(self, digest: str) -> asyncio.Task[KeyInfo | None]:
         """The lookup of ``digest``: the one already running, or a new one."""
         task = self._inflight.get(digest)

@@ -240,3 +240,17 @@ async def test_postgres_down_keeps_known_keys_unless_invalidated_meanwhile():
         pass
     else:
         raise AssertionError("an invalidated key must not be served from a stale entry")
+
+
+async def test_close_cancels_the_lookups_still_running():
+    cache = ScriptedKeyCache.make()
+    pending = asyncio.ensure_future(cache.resolve("cog-closing"))
+    await asyncio.sleep(0.01)
+    await cache.close()  # the lifespan does this before the pool closes
+    assert not cache._inflight
+    try:
+        await pending
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("a lookup cut short by close() cannot have an answer")
