@@ -141,8 +141,9 @@ class KeyCache:
         }
         # digest → (fetched at, resolution)
         self._entries: dict[str, tuple[float, KeyInfo | None]] = {}
-        # digest → the lookup running for it (awaited by every request that needs it)
-        self._inflight: dict[str, asyncio.Task[KeyInfo | None]] = {}
+        # digest → (generation it started in, the lookup running for it): awaited by every
+        # request that needs it, unless an invalidation came since (then a new one starts)
+        self._inflight: dict[str, tuple[int, asyncio.Task[KeyInfo | None]]] = {}
         # Bumped by every invalidation: a lookup started before one is not cached.
         self._generation = 0
         # Set by the Invalidator while its Redis subscription is live: only then can a
@@ -184,23 +185,27 @@ class KeyCache:
 
     async def close(self) -> None:
         """Cancel the lookups still running (background refreshes), before the pool closes."""
-        tasks = list(self._inflight.values())
+        tasks = [task for _, task in self._inflight.values()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
 
     def _fetch(self, digest: str) -> asyncio.Task[KeyInfo | None]:
-        """The lookup of ``digest``: the one already running, or a new one."""
-        task = self._inflight.get(digest)
-        if task is None:
-            task = asyncio.ensure_future(self._load(digest))
-            self._inflight[digest] = task
-            task.add_done_callback(lambda t: self._fetched(digest, t))
+        """The lookup of ``digest``: the one already running, or a new one. One that began
+        before the latest invalidation is not shared: it may read the row as it was (a key
+        revoked meanwhile would pass), so a request arriving now starts its own."""
+        running = self._inflight.get(digest)
+        if running is not None and running[0] == self._generation:
+            return running[1]
+        task = asyncio.ensure_future(self._load(digest))
+        self._inflight[digest] = (self._generation, task)
+        task.add_done_callback(lambda t: self._fetched(digest, t))
         return task
 
     def _fetched(self, digest: str, task: asyncio.Task[KeyInfo | None]) -> None:
-        if self._inflight.get(digest) is task:
+        running = self._inflight.get(digest)
+        if running is not None and running[1] is task:
             del self._inflight[digest]
         if not task.cancelled() and (exc := task.exception()) is not None:
             # Retrieved here, so that a failed background refresh (nobody awaits it) is

@@ -155,10 +155,11 @@ class ScriptedKeyCache:
 
             async def _lookup(self, digest):
                 self.calls += 1
+                n = self.calls  # this lookup's answer: k1 for the first, k2 for the next...
                 await self.gate.wait()
                 if self.fail:
                     raise OSError("postgres down")
-                return KeyInfo(f"k{self.calls}", "org", Limits(1, 2, 3))
+                return KeyInfo(f"k{n}", "org", Limits(1, 2, 3))
 
         cfg = config.parse({"auth": {"key_cache_ttl_s": ttl}}, "x", env={})
         cache = Scripted(cfg, config.read_secrets(cfg, env={}), None)
@@ -209,14 +210,19 @@ async def test_an_entry_in_use_is_renewed_before_it_expires_without_waiting():
     assert cache.calls == 2
 
 
-async def test_a_lookup_overtaken_by_an_invalidation_is_not_cached():
+async def test_a_lookup_overtaken_by_an_invalidation_is_neither_shared_nor_cached():
     cache = ScriptedKeyCache.make()
     first = asyncio.ensure_future(cache.resolve("cog-inv"))
     await asyncio.sleep(0.01)
     cache.invalidate(hashlib.sha256(b"cog-inv").hexdigest())  # e.g. revoked meanwhile
+    # A request arriving now must not ride on the lookup that began before the revocation.
+    second = asyncio.ensure_future(cache.resolve("cog-inv"))
+    await asyncio.sleep(0.01)
     cache.gate.set()
     assert (await first).key_id == "k1"  # that request was already on its way
-    assert (await cache.resolve("cog-inv")).key_id == "k2"  # but nothing was cached
+    assert (await second).key_id == "k2" and cache.calls == 2
+    assert (await cache.resolve("cog-inv")).key_id == "k2"  # the new lookup's answer is kept
+    assert cache.calls == 2
 
 
 async def test_postgres_down_keeps_known_keys_unless_invalidated_meanwhile():
