@@ -118,7 +118,8 @@ class KeyCache:
     """key hash → KeyInfo, from config (static keys) or Postgres, cached with a TTL."""
 
     __slots__ = ("_pool", "_ttl", "_defaults", "_cache_defaults", "_encryption_key", "_static",
-                 "_entries", "_inflight", "_generation", "subscribed")
+                 "_entries", "_inflight", "_generation", "subscribed", "lookups",
+                 "lookup_errors", "refreshes")
 
     def __init__(self, cfg: Config, secrets_: Secrets, pool: asyncpg.Pool | None) -> None:
         self._pool = pool
@@ -146,6 +147,9 @@ class KeyCache:
         self._inflight: dict[str, tuple[int, asyncio.Task[KeyInfo | None]]] = {}
         # Bumped by every invalidation: a lookup started before one is not cached.
         self._generation = 0
+        # For /metrics: Postgres lookups started (one per key however many requests wait
+        # on it), those that failed, and those started ahead of expiry in the background.
+        self.lookups = self.lookup_errors = self.refreshes = 0
         # Set by the Invalidator while its Redis subscription is live: only then can a
         # revocation reach this process at once, so only then is the full TTL safe.
         self.subscribed = False
@@ -165,6 +169,7 @@ class KeyCache:
             age, ttl = now - hit[0], self.ttl
             if age < ttl:
                 if age >= ttl * REFRESH_AHEAD and digest not in self._inflight:
+                    self.refreshes += 1
                     self._fetch(digest)  # renewed in the background; this request goes on
                 return hit[1]
         generation = self._generation
@@ -198,6 +203,7 @@ class KeyCache:
         running = self._inflight.get(digest)
         if running is not None and running[0] == self._generation:
             return running[1]
+        self.lookups += 1
         task = asyncio.ensure_future(self._load(digest))
         self._inflight[digest] = (self._generation, task)
         task.add_done_callback(lambda t: self._fetched(digest, t))
@@ -210,6 +216,7 @@ class KeyCache:
         if not task.cancelled() and (exc := task.exception()) is not None:
             # Retrieved here, so that a failed background refresh (nobody awaits it) is
             # not reported as "never retrieved"; awaiting requests see it themselves.
+            self.lookup_errors += 1
             log.debug("key lookup failed: %s", type(exc).__name__)
 
     async def _load(self, digest: str) -> KeyInfo | None:

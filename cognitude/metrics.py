@@ -1,9 +1,9 @@
 """``GET /metrics``: Prometheus text exposition of the proxy's own counters.
 
-Counters live where they are counted (the accountant, the usage writer, the cold cache) as
-plain ints; this module only renders them, so the hot path pays a dict increment per request
-and nothing else. Unauthenticated, like most sidecar metrics endpoints: it exposes counts,
-never keys, prompts or org names.
+Counters live where they are counted (the accountant, the usage writer, the key cache, the
+cold cache) as plain ints; this module only renders them, so the hot path pays a dict
+increment per request and nothing else. Unauthenticated, like most sidecar metrics
+endpoints: it exposes counts, never keys, prompts or org names.
 """
 
 from __future__ import annotations
@@ -41,6 +41,14 @@ def render(st: AppState) -> str:
         ("rows_dropped", "Usage rows lost past the spill disk bound.", w.rows_dropped),
     ):
         _line(out, f"cognitude_usage_{name}_total", "counter", help_, [("", value)])
+    for name, help_, value in (
+        ("lookups", "API-key lookups in Postgres (concurrent requests for a key share one).",
+         st.keys.lookups),
+        ("lookup_errors", "API-key lookups that failed.", st.keys.lookup_errors),
+        ("refreshes", "API-key lookups started ahead of their cache entry's expiry.",
+         st.keys.refreshes),
+    ):
+        _line(out, f"cognitude_key_{name}_total", "counter", help_, [("", value)])
     if st.cold is not None:
         for name, help_, value in (
             ("entries_written", "Cache entries written to the cold tier.",

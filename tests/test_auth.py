@@ -175,6 +175,7 @@ async def test_concurrent_lookups_of_one_key_share_one_query():
     cache.gate.set()
     infos = await asyncio.gather(*waiting)
     assert cache.calls == 1 and {i.key_id for i in infos} == {"k1"}
+    assert cache.lookups == 1 and cache.lookup_errors == 0
 
 
 async def test_a_request_giving_up_does_not_cancel_the_shared_lookup():
@@ -203,7 +204,7 @@ async def test_an_entry_in_use_is_renewed_before_it_expires_without_waiting():
     await asyncio.sleep(0.01)
     # Answered from the entry while the new lookup is still held open: it did not wait.
     assert served.done() and served.result().key_id == "k1"
-    assert cache.calls == 2 and not cache.gate.is_set()
+    assert cache.calls == 2 and not cache.gate.is_set() and cache.refreshes == 1
     cache.gate.set()
     await asyncio.sleep(0.01)
     assert (await cache.resolve("cog-r")).key_id == "k2"  # the background read landed

@@ -46,3 +46,6 @@ async def test_metrics_counts_requests_and_ledger_rows(client, org_factory, mock
     assert value(r.text, "cognitude_usage_rows_written_total") - value(
         before, "cognitude_usage_rows_written_total") >= 3
     assert "# TYPE cognitude_usage_queue_depth gauge" in r.text
+    # A new key: looked up in Postgres once for its three requests (then cached).
+    assert value(r.text, "cognitude_key_lookups_total") - value(
+        before, "cognitude_key_lookups_total") == 1
