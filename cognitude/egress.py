@@ -6,11 +6,14 @@ host name can be re-pointed at any time afterwards (DNS rebinding): resolved to 
 address for the check, to ``127.0.0.1`` or ``169.254.169.254`` for the requests that follow.
 So the check is repeated where it cannot be dodged, on the addresses the upstream session
 actually connects to: :class:`GuardedResolver` is the aiohttp session's resolver and drops
-every non-public address of a host that the operator did not name in ``config.toml``.
+every non-public address of a host (and port) that the operator did not name in
+``config.toml``.
 
 It costs nothing per request: aiohttp resolves only when it opens a connection (and caches
-the answer, already filtered, for ``ttl_dns_cache``). Hosts the operator configured are
-trusted as they are (a self-hosted model server, the bundled mock on loopback), and
+the answer, already filtered, for ``ttl_dns_cache``). The host and port of each provider the
+operator configured are trusted as they are (a self-hosted model server, the bundled mock on
+loopback): the same host on another port is not, so a configured private host does not
+open its other services to the orgs. And
 ``alerts.allow_private_targets = true`` lifts the rule for everyone, as it does at write time.
 A literal IP in a ``base_url`` never reaches a resolver; it was checked at write time and
 cannot change.
@@ -45,18 +48,20 @@ class EgressRefused(OSError):
 
 
 class GuardedResolver(AbstractResolver):
-    """aiohttp's default resolver, keeping only public addresses of untrusted hosts."""
+    """aiohttp's default resolver, keeping only public addresses of untrusted hosts.
 
-    def __init__(self, trusted_hosts: Iterable[str], allow_private: bool,
+    ``trusted``: (host, port) of the providers in ``config.toml``."""
+
+    def __init__(self, trusted: Iterable[tuple[str, int]], allow_private: bool,
                  inner: AbstractResolver | None = None) -> None:
-        self._trusted = frozenset(h.lower().rstrip(".") for h in trusted_hosts)
+        self._trusted = frozenset((host.lower().rstrip("."), port) for host, port in trusted)
         self._allow_private = allow_private
         self._inner = inner if inner is not None else DefaultResolver()
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
-        if self._allow_private or host.lower().rstrip(".") in self._trusted:
+        if self._allow_private or (host.lower().rstrip("."), port) in self._trusted:
             return found
         public = [r for r in found if is_public(address_of(r["host"]))]
         if not public:

@@ -82,9 +82,11 @@ class Providers:
 def create_session(cfg: Config) -> aiohttp.ClientSession:
     """The one upstream session, created and closed by the lifespan."""
     up = cfg.upstream
-    # Hosts the operator named are trusted as configured; any other host (an org's own
-    # base_url) may only be reached at public addresses, checked at connect time (egress).
-    trusted = [h for p in cfg.providers if (h := urlsplit(p.base_url).hostname)]
+    # Provider hosts the operator named are trusted as configured; any other host and port
+    # (an org's own base_url) may only be reached at public addresses, checked at connect
+    # time (egress).
+    trusted = [(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+               for u in (urlsplit(p.base_url) for p in cfg.providers) if u.hostname]
     connector = aiohttp.TCPConnector(
         resolver=GuardedResolver(trusted, cfg.alerts.allow_private_targets),
         limit=up.pool_size,

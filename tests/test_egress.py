@@ -43,10 +43,13 @@ async def test_only_the_public_addresses_of_a_mixed_answer_are_kept():
 
 
 async def test_configured_hosts_and_the_operator_switch_are_trusted():
-    trusted = GuardedResolver(["LLM.internal"], allow_private=False, inner=Fixed("10.0.0.5"))
+    trusted = GuardedResolver([("LLM.internal", 80)], allow_private=False,
+                              inner=Fixed("10.0.0.5"))
     assert [x["host"] for x in await trusted.resolve("llm.internal.", 80)] == ["10.0.0.5"]
     with pytest.raises(EgressRefused):
         await trusted.resolve("other.internal", 80)
+    with pytest.raises(EgressRefused):  # the configured host's other services stay closed
+        await trusted.resolve("llm.internal", 5432)
     lan = GuardedResolver([], allow_private=True, inner=Fixed("10.0.0.5"))
     assert [x["host"] for x in await lan.resolve("tenant.example", 80)] == ["10.0.0.5"]
 
