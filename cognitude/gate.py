@@ -176,7 +176,7 @@ class WindowUsage:
 
 class UsageReader:
     """An org's current use of its three windows, read without counting (``GET
-    /rate-limits``): runs ``lua/limits_usage.lua`` by SHA, reloading once on ``NOSCRIPT``
+    /rate-limits/usage``): runs ``lua/limits_usage.lua`` by SHA, reloading once on ``NOSCRIPT``
     as ``Gate`` does. One per process, created by the lifespan (``AppState.limits_usage``)."""
 
     __slots__ = ("_script",)

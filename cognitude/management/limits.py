@@ -80,9 +80,6 @@ def _state(request: Request) -> AppState:
     return request.app.state.cognitude
 
 
-# ---- the read-only usage script ------------------------------------------------------------
-
-
 # ---- routes ------------------------------------------------------------------------------
 
 
