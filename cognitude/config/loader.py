@@ -153,15 +153,24 @@ def _validate(cfg: Config) -> None:
     ):
         raise ConfigError("postgres.dsn: expected \"embedded\" or a postgresql:// DSN")
     positive(cfg.postgres.pool_max, "postgres.pool_max")
+    positive(cfg.postgres.command_timeout_s, "postgres.command_timeout_s")
+    positive(cfg.postgres.key_pool_max, "postgres.key_pool_max")
     if not 0 <= cfg.postgres.pool_min <= cfg.postgres.pool_max:
         raise ConfigError("postgres.pool_min: must be between 0 and postgres.pool_max")
     positive(cfg.cache.ttl_s, "cache.ttl_s")
     positive(cfg.cache.max_ttl_s, "cache.max_ttl_s")
     positive(cfg.cache.cold_read_timeout_ms, "cache.cold_read_timeout_ms")
+    positive(cfg.cache.cold_queue_max_bytes, "cache.cold_queue_max_bytes")
     rl = cfg.rate_limits
     positive(rl.requests_per_minute, "rate_limits.requests_per_minute")
     positive(rl.requests_per_hour, "rate_limits.requests_per_hour")
     positive(rl.requests_per_day, "rate_limits.requests_per_day")
+    # A longer window allowing fewer requests than a shorter one makes the shorter limit a
+    # lie (it can never be reached); refuse it as the management API does.
+    if not rl.requests_per_minute <= rl.requests_per_hour <= rl.requests_per_day:
+        raise ConfigError("rate_limits: requests_per_minute <= requests_per_hour <= "
+                          f"requests_per_day must hold, got {rl.requests_per_minute}, "
+                          f"{rl.requests_per_hour}, {rl.requests_per_day}")
     positive(cfg.usage.flush_rows, "usage.flush_rows")
     positive(cfg.usage.flush_interval_ms, "usage.flush_interval_ms")
     positive(cfg.usage.queue_max, "usage.queue_max")
@@ -175,8 +184,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("maintenance.rollup_lateness_s: must be >= 600")
     positive(cfg.upstream.connect_timeout_s, "upstream.connect_timeout_s")
     positive(cfg.upstream.read_timeout_s, "upstream.read_timeout_s")
+    positive(cfg.upstream.total_timeout_s, "upstream.total_timeout_s")
+    positive(cfg.upstream.max_response_bytes, "upstream.max_response_bytes")
     positive(cfg.upstream.pool_size, "upstream.pool_size")
     positive(cfg.auth.key_cache_ttl_s, "auth.key_cache_ttl_s")
+    positive(cfg.auth.lookup_timeout_ms, "auth.lookup_timeout_ms")
+    positive(cfg.auth.register_per_hour, "auth.register_per_hour")
+    positive(cfg.auth.login_per_hour, "auth.login_per_hour")
     for i, sk in enumerate(cfg.auth.static_keys):
         where = f"auth.static_keys[{i}]"
         if not sk.org:

@@ -25,6 +25,9 @@ class ServerConfig:
     # Bodies above this are refused with 413 while still streaming in, never fully buffered.
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
+    # One line per request on the "uvicorn.access" logger; off by default because a sidecar's
+    # application usually logs its own calls, and the line costs ~10 us per request.
+    access_log: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,12 @@ class PostgresConfig:
     auto_migrate: bool = True
     pool_min: int = 1
     pool_max: int = 10
+    # Every query of the management/analytics/maintenance pool is cancelled after this long,
+    # so a slow Postgres cannot hold a request (or a background round) forever.
+    command_timeout_s: float = 30.0
+    # The hot path's own small pool (API-key lookups): never queued behind analytics or
+    # maintenance queries on the shared pool.
+    key_pool_max: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,9 @@ class CacheConfig:
     compress_min_bytes: int = 1024
     # Upper bound for a client's X-Cognitude-Cache-TTL.
     max_ttl_s: int = 30 * 86400
+    # Bytes of cache entries waiting for the cold tier's next batch; past it entries are
+    # dropped (and counted), so a slow Postgres cannot grow the process without bound.
+    cold_queue_max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +108,11 @@ class UpstreamConfig:
     connect_timeout_s: float = 5.0
     # Non-stream: the whole response. Stream: the longest silence between two chunks.
     read_timeout_s: float = 600.0
+    # The whole upstream exchange, first byte to last (a stream that trickles forever ends).
+    total_timeout_s: float = 900.0
+    # Largest upstream response body read (non-stream), or SSE data held for one stream; a
+    # larger one is a 502, never an unbounded buffer.
+    max_response_bytes: int = 32 * 1024 * 1024
     pool_size: int = 256
 
 
@@ -120,6 +137,13 @@ class AuthConfig:
     allow_registration: bool = True
     # How long a key → org resolution is trusted in process before Postgres is asked again.
     key_cache_ttl_s: float = 5.0
+    # A key lookup in Postgres slower than this fails (503 for a key never seen; a key seen
+    # before keeps its last resolution), so no request waits on a slow database longer.
+    lookup_timeout_ms: int = 1000
+    # Per client address, in Redis (so across replicas): registrations per hour, and login
+    # attempts per hour (failed logins per email are held to the same number).
+    register_per_hour: int = 10
+    login_per_hour: int = 30
     static_keys: tuple[StaticKey, ...] = ()
 
 
