@@ -1,23 +1,30 @@
-"""OpenAI's wire format: chat completions (JSON and SSE chunks), embeddings, the model list."""
+"""OpenAI's wire format: chat completions (JSON and SSE chunks), embeddings, the model list.
+
+Chat answers ``n`` choices, each a tool call (``tools``) or text (the echo, shaped by
+``response_format``); those two live in their own modules.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import math
 import struct
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
+from . import protocol, response_format, tools
 from .protocol import (
     WORD,
     Reply,
     Response,
     bad_limit,
-    echo_reply,
     error,
+    invalid_type,
+    limit_words,
     missing_model,
     prompt_tokens,
     validate_messages,
@@ -28,61 +35,170 @@ MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-3.5-turbo", "gpt-4", "claude-3-5-sonnet"
 EMBED_DIM = 8
 _MODELS_CREATED = 1_700_000_000  # fixed so /v1/models is byte-for-byte stable
 DONE = b"data: [DONE]\n\n"
+MAX_N = 128  # the real API's cap on choices per request
+
+
+class _Choice(NamedTuple):
+    """One answer: text, or else a tool call."""
+
+    content: str | None
+    call: dict[str, Any] | None
+    finish_reason: str
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def chat(req: Any, n: int, stream: bool) -> Response:
-    """``POST /v1/chat/completions``; ``n`` makes the response id unique."""
-    failed = validate_messages(req) or bad_limit(req, "max_tokens", "max_completion_tokens")
+def _bad_n(req: dict[str, Any]) -> Reply | None:
+    value = req.get("n")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return invalid_type("n", "an integer", value)
+    if value < 1:
+        return error(
+            400,
+            f"Invalid 'n': integer below minimum value. Expected a value >= 1, but got {value} "
+            "instead.",
+            "n",
+            "integer_below_min_value",
+        )
+    if value > MAX_N:
+        return error(
+            400,
+            f"Invalid 'n': integer above maximum value. Expected a value <= {MAX_N}, but got "
+            f"{value} instead.",
+            "n",
+            "integer_above_max_value",
+        )
+    return None
+
+
+def _choices(req: dict[str, Any], seq: int, filler: str | None) -> tuple[list[_Choice], int]:
+    """Every choice's answer, and completion tokens summed over them."""
+    limit = req.get("max_completion_tokens") or req.get("max_tokens")
+    function = tools.to_call(req)
+    arguments = tools.arguments(function) if function is not None else ""
+    echo = protocol.echo_text(req["messages"])
+    out: list[_Choice] = []
+    total = 0
+    for i in range(req.get("n") or 1):
+        if function is not None:
+            args, tokens, cut = limit_words(arguments, limit)
+            call = {
+                "id": f"call_mock_{seq}_{i}",
+                "type": "function",
+                "function": {"name": function["name"], "arguments": args},
+            }
+            out.append(_Choice(None, call, "length" if cut else "tool_calls"))
+        else:
+            if filler is not None:  # the "huge" failure: ignores max_tokens on purpose
+                text, tokens, cut = filler, words(filler), False
+            else:
+                # Distinct texts per choice, so a proxy that mixes choices up is caught.
+                mine = echo if i == 0 else f"{echo} #{i}"
+                text, tokens, cut = limit_words(response_format.render(req, mine), limit)
+            out.append(_Choice(text, None, "length" if cut else "stop"))
+        total += tokens
+    return out, total
+
+
+def chat(
+    req: Any, seq: int, stream: bool, *, usage_chunk: bool = True, filler: str | None = None
+) -> Response:
+    """``POST /v1/chat/completions``; ``seq`` (the request's number) makes ids unique.
+
+    ``usage_chunk=False`` ignores ``stream_options.include_usage`` (the "no_usage" failure);
+    ``filler`` replaces every choice's content (the "huge" failure).
+    """
+    failed = (
+        validate_messages(req)
+        or bad_limit(req, "max_tokens", "max_completion_tokens")
+        or _bad_n(req)
+        or tools.validate(req)
+        or response_format.validate(req)
+    )
     if failed:
         return failed
-    limit = req.get("max_completion_tokens") or req.get("max_tokens")
-    content, completion, truncated = echo_reply(req["messages"], limit)
+    choices, completion = _choices(req, seq, filler)
     prompt = prompt_tokens(req["messages"])
     usage = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-    finish = "length" if truncated else "stop"
     # "object" is overridden per shape; listing it here keeps the real API's key order.
     base = {
-        "id": f"chatcmpl-mock-{n}",
+        "id": f"chatcmpl-mock-{seq}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": req["model"],
         "system_fingerprint": "fp_mock",
     }
     if not stream:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": content, "refusal": None},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
-        return 200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage}, ()
+        body = [
+            {"index": i, "message": _message(c), "logprobs": None, "finish_reason": c.finish_reason}
+            for i, c in enumerate(choices)
+        ]
+        return 200, {**base, "object": "chat.completion", "choices": body, "usage": usage}, ()
 
     opts = req.get("stream_options")
-    include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    include_usage = usage_chunk and isinstance(opts, dict) and opts.get("include_usage") is True
     # The real API puts "usage": null on every chunk once include_usage is on.
     tail = {"usage": None} if include_usage else {}
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def chunk(i: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return _sse({**base, "object": "chat.completion.chunk", "choices": [choice], **tail})
 
-    events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": piece}) for piece in WORD.findall(content)]
-    events.append(chunk({}, finish))
+    per_choice = [_deltas(choice) for choice in choices]
+    # Round-robin, one choice per chunk, as the real API interleaves parallel choices.
+    events = [
+        chunk(i, *step)
+        for steps in itertools.zip_longest(*per_choice)
+        for i, step in enumerate(steps)
+        if step is not None
+    ]
     if include_usage:
         events.append(
             _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
         )
     events.append(DONE)
     return events
+
+
+def _message(choice: _Choice) -> dict[str, Any]:
+    if choice.call is None:
+        return {"role": "assistant", "content": choice.content, "refusal": None}
+    return {"role": "assistant", "content": None, "tool_calls": [choice.call], "refusal": None}
+
+
+def _deltas(choice: _Choice) -> list[tuple[dict[str, Any], str | None]]:
+    """One choice's stream as (delta, finish_reason) per chunk."""
+    text, call, finish = choice
+    if call is None:
+        return [
+            ({"role": "assistant", "content": ""}, None),
+            *[({"content": piece}, None) for piece in WORD.findall(text or "")],
+            ({}, finish),
+        ]
+    fn = call["function"]
+    # The first delta names the call; later ones carry only "index" and argument text.
+    head = {
+        "index": 0,
+        "id": call["id"],
+        "type": "function",
+        "function": {"name": fn["name"], "arguments": ""},
+    }
+    return [
+        ({"role": "assistant", "content": None, "tool_calls": [head]}, None),
+        *[
+            ({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None)
+            for piece in tools.fragments(fn["arguments"])
+        ],
+        ({}, finish),
+    ]
 
 
 def _embedding(item: Any, dim: int) -> list[float]:

@@ -14,6 +14,7 @@ from .asgi import Headers
 
 MAX_ECHO_CHARS = 200
 WORD = re.compile(r"\S+\s*")  # one "token" plus its trailing whitespace: pieces re-join exactly
+NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # function and json_schema names
 
 
 # (status, JSON payload, extra headers): a plain tuple, not a NamedTuple, because building
@@ -34,6 +35,65 @@ def error(
     """An error in OpenAI's envelope (``anthropic_api.as_anthropic`` converts it)."""
     payload = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return status, payload, headers
+
+
+def missing(param: str) -> Reply:
+    return error(
+        400, f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
+    )
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return _JSON_TYPES.get(type(value), "a value")
+
+
+def invalid_type(param: str, expected: str, value: Any) -> Reply:
+    return error(
+        400,
+        f"Invalid type for '{param}': expected {expected}, but got {_kind(value)} instead.",
+        param,
+        "invalid_type",
+    )
+
+
+def empty_array(param: str) -> Reply:
+    return error(
+        400,
+        f"Invalid '{param}': empty array. Expected an array with minimum length 1, "
+        "but got an empty array instead.",
+        param,
+        "empty_array",
+    )
+
+
+def bad_name(param: str, name: Any) -> Reply | None:
+    """The rule the real API applies to function and json_schema names."""
+    if not isinstance(name, str):
+        return invalid_type(param, "a string", name)
+    if len(name) > 64:
+        return error(
+            400,
+            f"Invalid '{param}': string too long. Expected a string with maximum length 64, "
+            f"but got a string with length {len(name)} instead.",
+            param,
+            "string_above_max_length",
+        )
+    if not NAME.fullmatch(name):
+        return error(
+            400,
+            f"Invalid '{param}': string does not match pattern. Expected a string that "
+            "matches the pattern '^[a-zA-Z0-9_-]+$'.",
+            param,
+            "invalid_value",
+        )
+    return None
 
 
 def missing_model() -> Reply:
@@ -63,16 +123,28 @@ def prompt_tokens(messages: list[Any], system: Any = None) -> int:
     return max(total, 1)
 
 
-def echo_reply(messages: list[Any], limit: int | None) -> tuple[str, int, bool]:
-    """(content, completion_tokens, truncated) for the last user message."""
+def echo_text(messages: list[Any]) -> str:
+    """The reply to the last user message, or to the tool result that ends the conversation."""
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return "mock reply to tool result: " + text_of(messages[-1].get("content"))[:MAX_ECHO_CHARS]
     last = next(
         (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None
     )
-    content = "mock reply to: " + text_of(last.get("content") if last else "")[:MAX_ECHO_CHARS]
-    pieces = WORD.findall(content)
+    return "mock reply to: " + text_of(last.get("content") if last else "")[:MAX_ECHO_CHARS]
+
+
+def limit_words(text: str, limit: int | None) -> tuple[str, int, bool]:
+    """(text, completion_tokens, truncated): ``text`` cut to ``limit`` words, as the real API
+    cuts at max_tokens -- even mid-JSON, which is what a client then really receives."""
+    pieces = WORD.findall(text)
     if limit is not None and len(pieces) > limit:
         return "".join(pieces[:limit]).rstrip(), limit, True
-    return content, len(pieces), False
+    return text, len(pieces), False
+
+
+def echo_reply(messages: list[Any], limit: int | None) -> tuple[str, int, bool]:
+    """(content, completion_tokens, truncated) for the last user message."""
+    return limit_words(echo_text(messages), limit)
 
 
 def bad_limit(req: dict[str, Any], *names: str) -> Reply | None:

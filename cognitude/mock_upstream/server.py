@@ -42,12 +42,26 @@ def serve(
     latency_ms: float = 0.0,
     *,
     require_key: str | None = None,
+    fd: int | None = None,
 ) -> None:
-    """Run the mock upstream in the foreground (``cognitude mock-upstream``)."""
+    """Run the mock upstream in the foreground (``cognitude mock-upstream``).
+
+    With ``fd``, serve on that already-bound, listening socket (``host``/``port`` unused):
+    a parent that binds the port itself knows it is ours, with no free-port race.
+    """
     app = build_app(latency_ms=latency_ms, require_key=require_key)
-    server = uvicorn.Server(_config(app, host=host, port=port))
+    if fd is None:
+        server = uvicorn.Server(_config(app, host=host, port=port))
+        app.state.server = server
+        server.run()
+        return
+    sock = socket.socket(fileno=fd)  # family and type are read from the descriptor
+    server = uvicorn.Server(_config(app))
     app.state.server = server
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class MockUpstream:
@@ -119,9 +133,20 @@ class MockUpstream:
         self.app.state.fail(mode, count)
 
     def configure(
-        self, *, latency_ms: float | None = None, chunk_delay_ms: float | None = None
-    ) -> None:
-        self.app.state.configure(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms)
+        self,
+        *,
+        latency_ms: float | None = None,
+        chunk_delay_ms: float | None = None,
+        redirect_location: str | None = None,
+        huge_bytes: int | None = None,
+    ) -> dict[str, Any]:
+        """Change what is given (None = keep); returns the whole config."""
+        return self.app.state.configure(
+            latency_ms=latency_ms,
+            chunk_delay_ms=chunk_delay_ms,
+            redirect_location=redirect_location,
+            huge_bytes=huge_bytes,
+        )
 
     def __enter__(self) -> MockUpstream:
         self.start()

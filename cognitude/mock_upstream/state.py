@@ -10,7 +10,27 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import uvicorn
 
-FAIL_MODES = frozenset({"429", "500", "400", "timeout", "drop"})
+FAIL_MODES = frozenset(
+    {
+        "429",
+        "500",
+        "400",
+        "timeout",
+        "drop",
+        "redirect",
+        "not_json",
+        "no_usage",
+        "trickle",
+        "stall_stream",
+        "huge",
+    }
+)
+# Where "redirect" points by default: the cloud metadata address, the classic SSRF target a
+# proxy must never follow a redirect to.
+DEFAULT_REDIRECT = "http://169.254.169.254/latest/meta-data/"
+DEFAULT_HUGE_BYTES = 1 << 20
+MAX_HUGE_BYTES = 1 << 28  # 256 MiB: big enough for any size cap, small enough not to OOM CI
+CONFIG_KEYS = ("latency_ms", "chunk_delay_ms", "redirect_location", "huge_bytes")
 
 
 class MockState:
@@ -22,6 +42,8 @@ class MockState:
         self.latency_s = latency_ms / 1000.0
         self.chunk_delay_s = 0.0
         self.require_key = require_key
+        self.redirect_location = DEFAULT_REDIRECT
+        self.huge_bytes = DEFAULT_HUGE_BYTES
         self.failures: deque[str] = deque()
         self.seq = 0  # never reset, so response ids stay unique across resets
         self.server: uvicorn.Server | None = None  # set by serve()/MockUpstream for shutdown
@@ -74,19 +96,48 @@ class MockState:
             self.failures.extend([mode] * count)
 
     def configure(
-        self, *, latency_ms: float | None = None, chunk_delay_ms: float | None = None
-    ) -> dict[str, float]:
+        self,
+        *,
+        latency_ms: float | None = None,
+        chunk_delay_ms: float | None = None,
+        redirect_location: str | None = None,
+        huge_bytes: int | None = None,
+    ) -> dict[str, Any]:
+        """Change what is given (None = keep); returns the whole config."""
         for v in (latency_ms, chunk_delay_ms):
             if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v < 0):
                 raise ValueError(f"delays must be numbers >= 0, got {v!r}")
+        if redirect_location is not None and (
+            not isinstance(redirect_location, str)
+            or not redirect_location
+            or not redirect_location.isascii()
+            or not redirect_location.isprintable()  # no CR/LF: it becomes a header
+        ):
+            raise ValueError(
+                f"redirect_location must be a printable ASCII URL, got {redirect_location!r}"
+            )
+        if huge_bytes is not None and (
+            not isinstance(huge_bytes, int)
+            or isinstance(huge_bytes, bool)
+            or not 0 <= huge_bytes <= MAX_HUGE_BYTES
+        ):
+            raise ValueError(
+                f"huge_bytes must be an integer in 0..{MAX_HUGE_BYTES}, got {huge_bytes!r}"
+            )
         with self.lock:
             if latency_ms is not None:
                 self.latency_s = latency_ms / 1000.0
             if chunk_delay_ms is not None:
                 self.chunk_delay_s = chunk_delay_ms / 1000.0
+            if redirect_location is not None:
+                self.redirect_location = redirect_location
+            if huge_bytes is not None:
+                self.huge_bytes = huge_bytes
             return {
                 "latency_ms": self.latency_s * 1000.0,
                 "chunk_delay_ms": self.chunk_delay_s * 1000.0,
+                "redirect_location": self.redirect_location,
+                "huge_bytes": self.huge_bytes,
             }
 
     def stopping(self) -> bool:
