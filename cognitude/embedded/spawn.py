@@ -6,7 +6,8 @@
 * PostgreSQL refuses to run as root. As root we start it in a new user namespace where our
   uid appears as an ordinary user, so on the host the cluster stays owned by us (a data dir
   under a mode-700 /root keeps working). Where user namespaces are forbidden (Docker's
-  default seccomp profile) we fall back to running it as ``nobody``.
+  default seccomp profile) we fall back to running it as ``nobody`` (``FALLBACK_USER``),
+  for whom ``reach`` makes the binaries and the cluster reachable.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .errors import EmbeddedServiceError
 _T = TypeVar("_T")
 
 STOP_TIMEOUT = 10.0  # for a child to exit after a stop signal
+FALLBACK_USER = "nobody"  # runs PostgreSQL for root where user namespaces are forbidden
 
 _CLONE_NEWUSER = 0x10000000
 _PR_SET_PDEATHSIG = 1
@@ -212,17 +214,16 @@ def _postgres_run_as() -> _RunAs:
         entry = next(
             (e for e in pwd.getpwall() if 0 < e.pw_uid < 65534),
             None,
-        ) or _passwd("nobody")
+        ) or _passwd(FALLBACK_USER)
         return _RunAs("userns", entry.pw_uid, entry.pw_gid, uid, gid)
-    entry = _passwd("nobody")
+    entry = _passwd(FALLBACK_USER)
     return _RunAs(
         "setuid",
         entry.pw_uid,
         entry.pw_gid,
         entry.pw_uid,
         entry.pw_gid,
-        note=f"user namespaces unavailable ({reason}); running postgres as 'nobody', so the "
-        "data directory and all its parents must be searchable by that user",
+        note=f"user namespaces unavailable ({reason}), so postgres runs as {FALLBACK_USER!r}",
     )
 
 
@@ -249,6 +250,9 @@ def _spawn(
     userns = None
     if run_as is not None and run_as.mode == "setuid":
         kwargs.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
+        # Our cwd may be a checkout that user cannot enter: PostgreSQL 15's initdb
+        # then logs "could not change directory ... Permission denied" (measured).
+        cwd = cwd or Path("/")
     elif run_as is not None and run_as.mode == "userns":
         userns = (run_as.uid, run_as.gid)
     setup = _child_setup(userns)
