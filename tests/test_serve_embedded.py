@@ -1,7 +1,8 @@
 """`cognitude serve --with-mock` on the embedded default: what `make run` does on a fresh clone.
 
 The proxy starts its own Valkey, PostgreSQL and mock upstream, prints a key and a curl that
-work, leaves no process behind on SIGTERM or SIGKILL, and reuses its data on the next start.
+work, keeps a development encryption key next to its data, leaves no process behind on
+SIGTERM or SIGKILL, and reuses its data on the next start.
 """
 
 from __future__ import annotations
@@ -119,6 +120,14 @@ def test_serve_embedded_end_to_end(tmp_path: Path) -> None:
         r = httpx.post(url + "/v1/chat/completions", headers=headers, content=data, timeout=10)
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == "mock reply to: Hello!"
+        # Next to the embedded Postgres a development encryption key is made (and kept with
+        # the data it protects), so an org can store its own provider key at once.
+        dev_key = tmp_path / ".cognitude" / "encryption_key"
+        assert dev_key.stat().st_mode & 0o777 == 0o600
+        r = httpx.post(url + "/providers/config", headers={"X-API-Key": key}, timeout=10,
+                       json={"provider": "mock", "api_key": "sk-own-1234567"})
+        assert r.status_code == 201, r.text
+        assert "is not set" not in log.read_text()  # nothing to warn about in `make run`
         children = _descendants(proc.pid)
         assert len(children) >= 3  # valkey, postgres (+ its backends), mock upstream
         proc.send_signal(signal.SIGTERM)

@@ -3,7 +3,8 @@
 The file is read once at start (``COGNITUDE_CONFIG`` or ``--config`` picks it). Unknown keys,
 wrong types and bad values are refused with a message naming the file and the key. Single
 keys may be overridden by ``COGNITUDE_<SECTION>_<KEY>`` environment variables (e.g.
-``COGNITUDE_REDIS_URL``, ``COGNITUDE_SERVER_PORT``, ``COGNITUDE_DATA_DIR``). Secrets never
+``COGNITUDE_REDIS_URL``, ``COGNITUDE_SERVER_PORT``, ``COGNITUDE_DATA_DIR``); any other
+``COGNITUDE_*`` variable is refused as a typo unless a ``*_env`` key names it. Secrets never
 live in the file: it names environment variables (``api_key_env``, ``key_env``) and this
 package (``config.secrets``) is the only place that reads them.
 """
@@ -30,12 +31,21 @@ from .schema import (
     UpstreamConfig,
     UsageConfig,
 )
-from .secrets import Secrets, ensure_dev_encryption_key, export_env, read_secrets, sha256_hex
+from .secrets import (
+    Secrets,
+    ensure_dev_encryption_key,
+    export_env,
+    read_secrets,
+    secret_env_names,
+    sha256_hex,
+    startup_warnings,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "ENV_PREFIX", "_SECTIONS",
     "AlertsConfig", "AuthConfig", "BudgetsConfig", "CacheConfig", "Config", "ConfigError",
     "MaintenanceConfig", "PostgresConfig", "ProviderConfig", "RateLimitConfig", "RedisConfig",
     "Secrets", "ServerConfig", "StaticKey", "UpstreamConfig", "UsageConfig",
-    "ensure_dev_encryption_key", "export_env", "load", "parse", "read_secrets", "sha256_hex",
+    "ensure_dev_encryption_key", "export_env", "load", "parse", "read_secrets",
+    "secret_env_names", "sha256_hex", "startup_warnings",
 ]

@@ -1,8 +1,13 @@
 """``config.toml`` → a validated, frozen ``Config``: types, unknown keys, bad values, and
-``COGNITUDE_<SECTION>_<KEY>`` overrides, every error naming the file and the key."""
+``COGNITUDE_<SECTION>_<KEY>`` overrides, every error naming the file and the key.
+
+An unknown ``COGNITUDE_*`` variable is refused like an unknown key: a typo such as
+``COGNITUDE_SERVR_PORT`` would otherwise leave the port at its default without a word.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 import typing
@@ -28,6 +33,7 @@ from .schema import (
     UpstreamConfig,
     UsageConfig,
 )
+from .secrets import secret_env_names
 
 _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
@@ -111,21 +117,52 @@ def _parse_env_value(raw: str, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: cannot be set from the environment")
 
 
-def _apply_env(raw: dict[str, Any], env: typing.Mapping[str, str]) -> None:
-    """Fold ``COGNITUDE_<SECTION>_<KEY>`` overrides into the raw TOML table."""
-    top = f"{ENV_PREFIX}DATA_DIR"
-    if top in env:
-        raw["data_dir"] = env[top]
+# Variables that are not config keys but are still ours: the file to read, and the
+# benchmark tools' own settings (bench/locustfile.py), which a developer may export in the
+# shell that also starts the proxy.
+_CONFIG_VAR = f"{ENV_PREFIX}CONFIG"
+_DATA_DIR_VAR = f"{ENV_PREFIX}DATA_DIR"
+_FOREIGN_PREFIXES = (f"{ENV_PREFIX}BENCH_",)
+
+
+def _override_names() -> typing.Iterator[tuple[str, str, str, Any]]:
+    """(variable, section, key, type) for every ``COGNITUDE_<SECTION>_<KEY>`` override."""
     for section, cls in _SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
-            name = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
-            if name in env:
-                where = f"environment variable {name}"
-                tbl = raw.setdefault(section, {})
-                if not isinstance(tbl, dict):
-                    raise ConfigError(f"[{section}]: expected a table")
-                tbl[f.name] = _parse_env_value(env[name], hints[f.name], where)
+            yield f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}", section, f.name, hints[f.name]
+
+
+def _apply_env(raw: dict[str, Any], env: typing.Mapping[str, str]) -> None:
+    """Fold ``COGNITUDE_<SECTION>_<KEY>`` overrides into the raw TOML table."""
+    if _DATA_DIR_VAR in env:
+        raw["data_dir"] = env[_DATA_DIR_VAR]
+    for name, section, key, tp in _override_names():
+        if name in env:
+            where = f"environment variable {name}"
+            tbl = raw.setdefault(section, {})
+            if not isinstance(tbl, dict):
+                raise ConfigError(f"[{section}]: expected a table")
+            tbl[key] = _parse_env_value(env[name], tp, where)
+
+
+def _check_unknown_env(cfg: Config, env: typing.Mapping[str, str]) -> None:
+    """Refuse ``COGNITUDE_*`` variables that are neither an override nor a secret the config
+    names (DESIGN §3a), suggesting the closest known name."""
+    known = {_CONFIG_VAR, _DATA_DIR_VAR, *(n for n, *_ in _override_names())}
+    known |= secret_env_names(cfg)
+    unknown = sorted(name for name in env if name.startswith(ENV_PREFIX)
+                     and name not in known and not name.startswith(_FOREIGN_PREFIXES))
+    if not unknown:
+        return
+    problems = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"environment variable {name}: unknown{hint}")
+    raise ConfigError("; ".join(problems) + f". {ENV_PREFIX}* variables are key overrides "
+                      f"({ENV_PREFIX}<SECTION>_<KEY>), {_CONFIG_VAR}, {_DATA_DIR_VAR}, or "
+                      "secrets named by a *_env key of the config")
 
 
 def _validate(cfg: Config) -> None:
@@ -219,8 +256,9 @@ def _validate(cfg: Config) -> None:
 def parse(raw: dict[str, Any], source: str, env: typing.Mapping[str, str] | None = None) -> Config:
     """Build a validated Config from a TOML table; ``source`` names it in errors."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    env = os.environ if env is None else env
     try:
-        _apply_env(raw, os.environ if env is None else env)
+        _apply_env(raw, env)
         kwargs: dict[str, Any] = {"source": source}
         for key, value in raw.items():
             if key == "data_dir":
@@ -242,6 +280,7 @@ def parse(raw: dict[str, Any], source: str, env: typing.Mapping[str, str] | None
                 raise ConfigError(f"{key}: unknown key (known: {known})")
         cfg = Config(**kwargs)
         _validate(cfg)
+        _check_unknown_env(cfg, env)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return cfg
@@ -272,7 +311,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
 
     A missing default file means "all defaults"; a missing named file is an error.
     """
-    named = path or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    named = path or os.environ.get(_CONFIG_VAR)
     p = Path(named or DEFAULT_CONFIG_PATH)
     if not p.exists():
         if named:

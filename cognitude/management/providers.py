@@ -49,8 +49,10 @@ MAX_URL_LEN = 2048
 MAX_PROVIDER_LEN = 100
 RESOLVE_TIMEOUT_S = 3.0
 _FIELDS = frozenset({"provider", "api_key", "base_url"})
+# Names the actual variable (from the config), so the operator reading a client's 503 knows
+# what to set without opening config.toml.
 _NO_KEY = ("Provider credentials cannot be stored or read: the server has no encryption key "
-           "(set the environment variable named by auth.encryption_key_env).")
+           "(set the environment variable {name}, named by auth.encryption_key_env).")
 
 
 def mask(key: str) -> str:
@@ -66,7 +68,8 @@ def _state(request: Request) -> AppState:
 def _encryption_key(st: AppState) -> bytes:
     key = st.secrets.encryption_key
     if key is None:
-        raise ServiceUnavailable(_NO_KEY, code="encryption_key_missing")
+        raise ServiceUnavailable(_NO_KEY.format(name=st.cfg.auth.encryption_key_env),
+                                 code="encryption_key_missing")
     return key
 
 
