@@ -2,8 +2,10 @@
 
 Runs after the response is complete (never before a byte reaches the client) and hands the
 record to ``UsageWriter.submit``, which never blocks. Token counts come from the upstream's
-own ``usage`` when it sent one; otherwise (a stream without ``include_usage``, a client that
-disconnected mid-stream) they are counted with the real tokenizer in ``cognitude.tokens``.
+own ``usage`` when it sent one; otherwise (an upstream that ignored ``include_usage``, a
+client that disconnected mid-stream) they are counted with the real tokenizer in
+``cognitude.tokens``, in a worker thread (``count_tokens``): a long answer takes
+milliseconds to tokenize, which must not stall every other request on the event loop.
 
 Decisions:
 - Requests that never authenticated (401) are not recorded: they belong to no organization,
@@ -15,6 +17,7 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from time import perf_counter
@@ -35,7 +38,7 @@ class RequestLog:
     __slots__ = (
         "rid", "t0", "ts", "endpoint", "org_id", "key_id", "model", "model_used",
         "provider", "route", "stream", "cache_status", "status", "error_type", "gate_s",
-        "upstream_s", "end_user", "doc", "response", "acc",
+        "upstream_s", "end_user", "doc", "response", "acc", "usage", "counted", "headers_sent",
     )
 
     def __init__(self, rid: str, t0: float, endpoint: str) -> None:
@@ -57,8 +60,31 @@ class RequestLog:
         self.upstream_s = 0.0
         self.end_user: str | None = None
         self.doc: dict[str, Any] | None = None
-        self.response: bytes | None = None  # the JSON body sent (miss or hit)
+        self.response: bytes | None = None  # the stored body a hit sent
         self.acc: StreamAccumulator | None = None  # a streamed miss, complete or not
+        self.usage: dict[str, Any] | None = None  # a non-stream miss's parsed ``usage``
+        self.counted: tuple[int, int] | None = None  # tokens counted off the loop
+        # True from the moment the response's first message went out: an error after that
+        # can no longer be a JSON error response (a stream ends with an error event instead).
+        self.headers_sent = False
+
+
+def _count(req: RequestLog) -> tuple[int, int]:
+    """What was asked and what was received so far, with the real tokenizer (no upstream
+    usage: an upstream that ignored include_usage, or a stream cut short)."""
+    if req.acc is None or req.doc is None or not req.model:
+        return 0, 0
+    from . import tokens
+
+    messages = req.doc.get("messages")
+    prompt = tokens.count_messages(req.model, messages if isinstance(messages, list) else [])
+    return prompt, tokens.count_text(req.model, req.acc.completion_tokens_text())
+
+
+def usage_of_counts(prompt: int, completion: int) -> dict[str, int]:
+    """An OpenAI ``usage`` object for counted tokens (stored with a cached stream)."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
 
 
 _USAGE_KEY = b'"usage"'
@@ -108,23 +134,29 @@ class Accountant:
         # (endpoint, status, cache status) → count, for /metrics.
         self.requests: dict[tuple[str, int, str], int] = {}
 
+    @staticmethod
+    def needs_count(req: RequestLog) -> bool:
+        """A streamed miss without usage from the upstream: its tokens must be counted."""
+        acc = req.acc
+        return acc is not None and acc.usage is None and req.counted is None
+
+    async def count_tokens(self, req: RequestLog) -> None:
+        """Count a usage-less stream's tokens in a worker thread (``req.counted``)."""
+        req.counted = await asyncio.to_thread(_count, req)
+
     def tokens(self, req: RequestLog) -> tuple[int, int]:
-        usage = None
-        if req.response is not None:
-            usage = _usage_of(req.response)
-        elif req.acc is not None:
-            usage = req.acc.usage
+        usage = req.usage
+        if usage is None:
+            if req.response is not None:
+                usage = _usage_of(req.response)
+            elif req.acc is not None:
+                usage = req.acc.usage
         if usage is not None:
             return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
-        if req.acc is not None and req.doc is not None and req.model:
-            # No usage from the upstream (stream without include_usage, or cut short):
-            # count what was asked and what was received so far.
-            from . import tokens
-
-            messages = req.doc.get("messages")
-            prompt = tokens.count_messages(req.model, messages if isinstance(messages, list)
-                                           else [])
-            return prompt, tokens.count_text(req.model, req.acc.completion_tokens_text())
+        if req.counted is not None:
+            return req.counted
+        if req.acc is not None:
+            return _count(req)  # not counted off the loop (cancelled at shutdown): now
         return 0, 0
 
     def record(self, req: RequestLog) -> UsageRecord | None:

@@ -7,6 +7,9 @@ Decisions:
 - Freshness: before reading, the endpoint recomputes the caller's recent hours
   (``maintenance.refresh_org``: one org, about the last hour, bounded), so requests made
   seconds ago are in the report; older hours are as fresh as the last maintenance round.
+  That refresh writes, so it runs at most once per ``REFRESH_EVERY_S`` per org and replica
+  (``RecentRefreshes``): a dashboard polling the endpoint, or a client hammering it, reads
+  the rollup instead of rewriting it on every GET.
 - Money is summed as integer micro-USD in SQL and converted at the edge:
   ``*_usd = round(micros / 1e6, 6)``, a JSON number with at most 6 decimals (exact: a
   double represents every 6-decimal amount below ~9e9 USD to that precision). The exact
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -38,6 +42,9 @@ from .maintenance import refresh_org
 
 log = logging.getLogger("cognitude.analytics")
 
+# A report is at most this stale for traffic of the last seconds (see the module doc).
+REFRESH_EVERY_S = 2.0
+MAX_TRACKED_ORGS = 10_000
 MAX_RANGE_DAYS = 366
 DEFAULT_DAYS = 7
 GROUPS = ("day", "model", "provider")
@@ -64,6 +71,30 @@ _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _RECENT = timedelta(days=2)
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _COUNTS = ("requests", "prompt_tokens", "completion_tokens", "cache_hits")
+
+
+class RecentRefreshes:
+    """When this replica last refreshed each org's recent hours (bounded; owned by the
+    lifespan, ``AppState.analytics``)."""
+
+    __slots__ = ("_at", "_every", "refreshes")
+
+    def __init__(self, every_s: float = REFRESH_EVERY_S) -> None:
+        self._at: dict[str, float] = {}
+        self._every = every_s
+        self.refreshes = 0  # refreshes run, for tests and /metrics
+
+    def due(self, org_id: str) -> bool:
+        """Whether ``org_id``'s recent hours should be recomputed now (claims the slot)."""
+        now = time.monotonic()
+        last = self._at.get(org_id)
+        if last is not None and now - last < self._every:
+            return False
+        if len(self._at) >= MAX_TRACKED_ORGS:
+            self._at.clear()  # an entry only saves a refresh: forgetting one is harmless
+        self._at[org_id] = now
+        self.refreshes += 1
+        return True
 
 
 def _usd(micros: int) -> float:
@@ -162,7 +193,7 @@ async def analytics_usage(request: Request) -> Response:
         raise ServiceUnavailable("Analytics needs Postgres, which is not configured.")
     try:
         report = await usage_report(st.pg, info.org_id, start=start, end=end,
-                                    group_by=group_by)
+                                    group_by=group_by, refresh=st.analytics.due(info.org_id))
     except _DB_ERRORS as exc:
         log.warning("analytics query failed: %s: %s", type(exc).__name__, exc)
         raise ServiceUnavailable("Analytics are unavailable right now; retry shortly.") \

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -27,9 +27,9 @@ from starlette.routing import Route
 from . import config as config_mod
 from . import db, openapi, tokens
 from .accounting import Accountant
-from .analytics import analytics_usage
+from .analytics import RecentRefreshes, analytics_usage
 from .api import json_response
-from .auth import KeyCache, create_org, require_key
+from .auth import KeyCache, KeyInfo, create_org, require_key
 from .cache_key import ValueCodec
 from .cold_cache import ColdCache
 from .config import Config
@@ -39,7 +39,7 @@ from .errors import (
     error_body,
     for_status,
 )
-from .gate import Gate, UsageReader
+from .gate import Gate, Outage, UsageReader
 from .invalidation import Invalidator
 from .maintenance import Maintenance
 from .management import accounts, cache_settings, limits, providers
@@ -105,28 +105,53 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-async def ready(request: Request) -> Response:
-    """Ready when Redis and Postgres both answer; 503 naming the one that does not."""
-    st = _state(request)
-    problems = []
+# Each dependency gets this long to answer /ready: an orchestrator's probe must get an
+# answer (not a hung connection) when Redis or Postgres is slow, and a slow one is not ready.
+READY_TIMEOUT_S = 1.0
+
+
+async def _probe(name: str, check: Awaitable[Any], problems: list[str]) -> None:
     try:
-        await st.redis.ping()
-    except (RedisError, OSError) as exc:
-        problems.append(f"redis: {type(exc).__name__}")
+        await asyncio.wait_for(check, READY_TIMEOUT_S)
+    except TimeoutError:
+        problems.append(f"{name}: no answer within {READY_TIMEOUT_S:g} s")
+    except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        problems.append(f"{name}: {type(exc).__name__}")
+
+
+async def ready(request: Request) -> Response:
+    """Ready when Redis and Postgres both answer in time; 503 naming the one that does not."""
+    st = _state(request)
+    problems: list[str] = []
+    checks = [_probe("redis", st.redis.ping(), problems)]
     if st.pg is not None:
-        try:
-            await st.pg.fetchval("SELECT 1")
-        except (asyncpg.PostgresError, OSError) as exc:
-            problems.append(f"postgres: {type(exc).__name__}")
+        checks.append(_probe("postgres", db.bounded(
+            st.pg, READY_TIMEOUT_S, lambda conn: conn.fetchval("SELECT 1")), problems))
+    await asyncio.gather(*checks)
     if problems:
-        err = ServiceUnavailable("Not ready: " + "; ".join(problems))
+        err = ServiceUnavailable("Not ready: " + "; ".join(sorted(problems)))
         return error_response(err)
     return json_response({"status": "ready"})
 
 
+def _own_providers(info: KeyInfo) -> set[str]:
+    return {*info.credentials, *info.unreadable}
+
+
 async def models(request: Request) -> Response:
-    await require_key(request)
-    return Response(_state(request).providers.model_list(), media_type="application/json")
+    """``GET /v1/models``: the models this org can reach (shared providers, and those it
+    stored its own key for)."""
+    info = await require_key(request)
+    body = _state(request).providers.model_list(_own_providers(info))
+    return Response(body, media_type="application/json")
+
+
+async def model(request: Request) -> Response:
+    """``GET /v1/models/{id}`` (the SDK's ``models.retrieve``)."""
+    info = await require_key(request)
+    body = _state(request).providers.model(request.path_params["model_id"],
+                                           _own_providers(info))
+    return Response(body, media_type="application/json")
 
 
 def _redis_client(cfg: Config) -> aioredis.Redis:
@@ -149,7 +174,8 @@ def _redis_client(cfg: Config) -> aioredis.Redis:
 
 async def _open_postgres(cfg: Config) -> asyncpg.Pool:
     try:
-        pool = await db.create_pool(cfg.postgres.dsn, cfg.postgres.pool_min, cfg.postgres.pool_max)
+        pool = await db.create_pool(cfg.postgres.dsn, cfg.postgres.pool_min, cfg.postgres.pool_max,
+                                    command_timeout=cfg.postgres.command_timeout_s)
     except (OSError, asyncpg.PostgresError) as exc:
         raise config_mod.ConfigError(
             f"{cfg.source}: postgres.dsn: cannot connect to Postgres: {type(exc).__name__}: {exc}"
@@ -180,6 +206,7 @@ class CognitudeApp:
                 Route("/health", health, methods=["GET"]),
                 Route("/ready", ready, methods=["GET"]),
                 Route("/v1/models", models, methods=["GET"]),
+                Route("/v1/models/{model_id:path}", model, methods=["GET"]),
                 Route("/analytics/usage", analytics_usage, methods=["GET"]),
                 Route("/metrics", metrics, methods=["GET"]),
                 Route("/openapi.json", openapi.endpoint(openapi_document(cfg)), methods=["GET"]),
@@ -237,10 +264,12 @@ class CognitudeApp:
                 # Its own small pool whose connections skip asyncpg's reset-on-release
                 # (a second round trip per read, measured at ~5 % of miss-path CPU): cold
                 # reads and upserts leave no session state behind to reset.
-                cold_pool = await db.create_pool(cfg.postgres.dsn, 1, 4, reset=db.no_reset)
+                cold_pool = await db.create_pool(cfg.postgres.dsn, 1, 4, reset=db.no_reset,
+                                                 command_timeout=cfg.postgres.command_timeout_s)
                 stack.push_async_callback(cold_pool.close)
                 cold = ColdCache(cold_pool, flush_interval_ms=cfg.usage.flush_interval_ms,
                                  queue_max=cfg.usage.queue_max,
+                                 queue_max_bytes=cfg.cache.cold_queue_max_bytes,
                                  read_timeout_ms=cfg.cache.cold_read_timeout_ms)
                 cold.start()
                 stack.push_async_callback(cold.close)
@@ -260,7 +289,14 @@ class CognitudeApp:
                     raise config_mod.ConfigError(
                         f"{cfg.source}: redis.url: cannot reach Redis: {exc}") from None
                 log.warning("redis unreachable at start (%s); failing open", exc)
-            keycache = KeyCache(cfg, secrets, pg)
+            # The hot path's key lookups get their own small pool: never queued behind an
+            # analytics query or a maintenance round on the shared one (each lookup is
+            # bounded by auth.lookup_timeout_ms itself).
+            key_pool = await db.create_pool(cfg.postgres.dsn, 1, cfg.postgres.key_pool_max,
+                                            reset=db.no_reset,
+                                            command_timeout=cfg.postgres.command_timeout_s)
+            stack.push_async_callback(key_pool.close)
+            keycache = KeyCache(cfg, secrets, key_pool)
             stack.push_async_callback(keycache.close)
             invalidator = Invalidator(redis, keycache)
             await invalidator.start()
@@ -269,7 +305,8 @@ class CognitudeApp:
                 cfg=cfg, secrets=secrets, redis=redis, pipe=pipe, pg=pg, gate=gate,
                 limits_usage=UsageReader(redis), keys=keycache, providers=providers,
                 session=session, codec=ValueCodec(cfg.cache.compress_min_bytes),
-                accountant=accountant, cold=cold,
+                accountant=accountant, cold=cold, outage=Outage(),
+                analytics=RecentRefreshes(),
             )
             app.state.cognitude = state
             self.hot = {

@@ -12,6 +12,12 @@ lookups of one key share a single query, so a burst of first requests, or every 
 that arrives while a slow lookup runs, costs Postgres one query, not one each. A lookup
 that was running when an invalidation arrived is not cached: it may have read the row as
 it was before the change.
+
+No request waits on a slow Postgres longer than ``auth.lookup_timeout_ms`` either: lookups run
+on the hot path's own small pool (never queued behind analytics or maintenance queries) and
+are cut off at that bound, connection wait included; a key seen before then keeps its last
+resolution, a key never seen gets 503. The cache is an LRU bounded by ``MAX_CACHED_KEYS``: a
+flood of unknown keys evicts the least recently used entries, never the keys in use.
 """
 
 from __future__ import annotations
@@ -22,20 +28,22 @@ import hmac
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import asyncpg
 from starlette.requests import Request
 
+from . import db
 from .config import Config, Secrets
-from .errors import AuthenticationError, ServiceUnavailable
+from .credentials import Credential, OrgCredentials, load_org_credentials
+from .errors import AuthenticationError, OrganizationDisabled, ServiceUnavailable
 from .gate import Limits
 
 log = logging.getLogger("cognitude.auth")
 
 KEY_PREFIX = "cog-"
-# Bound on cached resolutions; past it the cache is cleared wholesale (cheap, rare, and a
-# cleared entry costs one indexed Postgres lookup).
+# Bound on cached resolutions (about 1 KB each); past it the least recently used go.
 MAX_CACHED_KEYS = 100_000
 # Without a live invalidation subscription a revoked key must still stop within ~1 s on
 # every replica, so cached resolutions are trusted this long at most.
@@ -55,16 +63,6 @@ class CachePolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class Credential:
-    """An org's own key for a provider (decrypted once per key-cache TTL, kept in memory
-    only), with the headers built once and the base URL it goes to."""
-
-    base_url: str | None  # None: the provider's configured base_url
-    headers: dict[str, str]
-    secret: bytes  # to scrub from upstream error bodies
-
-
-@dataclass(frozen=True, slots=True)
 class KeyInfo:
     key_id: str
     org_id: str
@@ -72,6 +70,10 @@ class KeyInfo:
     key_limits: Limits | None = None  # the key's own, narrower limits (all three set)
     cache: CachePolicy | None = None  # None: the [cache] defaults
     credentials: dict[str, Credential] = field(default_factory=dict)  # provider → own key
+    # Providers whose stored key does not decrypt: 503 for them, never the shared key.
+    unreadable: frozenset[str] = frozenset()
+    # The key is valid but its organization was disabled by the operator (403, not 401).
+    disabled: bool = False
 
 
 def new_key() -> str:
@@ -97,9 +99,11 @@ def token_from_headers(authorization: bytes | None, x_api_key: bytes | None) -> 
 
 
 # One query per key per TTL: the key, its org's limits and cache settings, and whether the
-# org stored provider credentials (fetched and decrypted only then).
+# org stored provider credentials (fetched and decrypted only then). A disabled org's keys
+# are found too, so that they are told so (403) rather than "invalid key".
 _LOOKUP_SQL = """
-SELECT k.id, k.org_id, r.requests_per_minute, r.requests_per_hour, r.requests_per_day,
+SELECT k.id, k.org_id, o.disabled,
+       r.requests_per_minute, r.requests_per_hour, r.requests_per_day,
        k.requests_per_minute AS key_rpm, k.requests_per_hour AS key_rph,
        k.requests_per_day AS key_rpd,
        c.enabled AS cache_enabled, c.ttl_s AS cache_ttl_s,
@@ -109,7 +113,7 @@ FROM api_keys k
 JOIN organizations o ON o.id = k.org_id
 LEFT JOIN rate_limit_configs r ON r.org_id = k.org_id
 LEFT JOIN cache_configs c ON c.org_id = k.org_id
-WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT o.disabled
+WHERE k.key_hash = $1 AND k.revoked_at IS NULL
   AND (k.expires_at IS NULL OR k.expires_at > now())
 """
 
@@ -117,13 +121,14 @@ WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT o.disabled
 class KeyCache:
     """key hash → KeyInfo, from config (static keys) or Postgres, cached with a TTL."""
 
-    __slots__ = ("_pool", "_ttl", "_defaults", "_cache_defaults", "_encryption_key", "_static",
-                 "_entries", "_inflight", "_generation", "subscribed", "lookups",
+    __slots__ = ("_pool", "_ttl", "_timeout", "_defaults", "_cache_defaults", "_encryption_key",
+                 "_static", "_entries", "_inflight", "_generation", "subscribed", "lookups",
                  "lookup_errors", "refreshes")
 
     def __init__(self, cfg: Config, secrets_: Secrets, pool: asyncpg.Pool | None) -> None:
-        self._pool = pool
+        self._pool = pool  # the hot path's own small pool (postgres.key_pool_max)
         self._ttl = cfg.auth.key_cache_ttl_s
+        self._timeout = cfg.auth.lookup_timeout_ms / 1000
         self._cache_defaults = cfg.cache
         self._encryption_key = secrets_.encryption_key
         rl = cfg.rate_limits
@@ -140,8 +145,8 @@ class KeyCache:
             )
             for h, sk in secrets_.static_key_hashes.items()
         }
-        # digest → (fetched at, resolution)
-        self._entries: dict[str, tuple[float, KeyInfo | None]] = {}
+        # digest → (fetched at, resolution), least recently used first
+        self._entries: OrderedDict[str, tuple[float, KeyInfo | None]] = OrderedDict()
         # digest → (generation it started in, the lookup running for it): awaited by every
         # request that needs it, unless an invalidation came since (then a new one starts)
         self._inflight: dict[str, tuple[int, asyncio.Task[KeyInfo | None]]] = {}
@@ -168,6 +173,7 @@ class KeyCache:
         if hit is not None:
             age, ttl = now - hit[0], self.ttl
             if age < ttl:
+                self._entries.move_to_end(digest)
                 if age >= ttl * REFRESH_AHEAD and digest not in self._inflight:
                     self.refreshes += 1
                     self._fetch(digest)  # renewed in the background; this request goes on
@@ -223,9 +229,10 @@ class KeyCache:
         generation, started = self._generation, time.monotonic()
         info = await self._lookup(digest)
         if generation == self._generation:  # no invalidation while it ran
-            if len(self._entries) >= MAX_CACHED_KEYS:
-                self._entries.clear()
             self._entries[digest] = (started, info)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > MAX_CACHED_KEYS:
+                self._entries.popitem(last=False)
         return info
 
     def invalidate(self, digest: str | None = None) -> None:
@@ -243,12 +250,26 @@ class KeyCache:
                        if info is not None and info.org_id == org_id]:
             del self._entries[digest]
 
+    async def _read(self, conn: asyncpg.Connection, digest: str
+                    ) -> tuple[asyncpg.Record, OrgCredentials | None] | None:
+        row = await conn.fetchrow(_LOOKUP_SQL, digest)
+        if row is None:
+            return None
+        creds = None
+        if row["has_creds"] and not row["disabled"]:
+            creds = await load_org_credentials(conn, self._encryption_key, row["org_id"])
+        return row, creds
+
     async def _lookup(self, digest: str) -> KeyInfo | None:
         if self._pool is None:
             return None
-        row = await self._pool.fetchrow(_LOOKUP_SQL, digest)
-        if row is None:
+        found = await db.bounded(self._pool, self._timeout,
+                                 lambda conn: self._read(conn, digest))
+        if found is None:
             return None
+        row, creds = found
+        if row["disabled"]:
+            return KeyInfo(row["id"], row["org_id"], self._defaults, disabled=True)
         d = self._defaults
         limits = Limits(row["requests_per_minute"] or d.minute,
                         row["requests_per_hour"] or d.hour, row["requests_per_day"] or d.day)
@@ -266,17 +287,10 @@ class KeyCache:
                 c.ttl_s if row["cache_ttl_s"] is None else row["cache_ttl_s"],
                 c.only_deterministic if row["cache_only_deterministic"] is None
                 else row["cache_only_deterministic"])
-        credentials: dict[str, Credential] = {}
-        if row["has_creds"]:
-            from .management.providers import org_provider_overrides
-
-            own = await org_provider_overrides(self._pool, self._encryption_key, row["org_id"])
-            credentials = {
-                name: Credential(base_url.rstrip("/") if base_url else None,
-                                 {"Content-Type": "application/json",
-                                  "Authorization": f"Bearer {key}"}, key.encode())
-                for name, (key, base_url) in own.items()}
-        return KeyInfo(row["id"], row["org_id"], limits, key_limits, cache, credentials)
+        if creds is None:
+            return KeyInfo(row["id"], row["org_id"], limits, key_limits, cache)
+        return KeyInfo(row["id"], row["org_id"], limits, key_limits, cache, creds.usable,
+                       creds.unreadable)
 
 
 async def require_key(request: Request) -> KeyInfo:
@@ -289,7 +303,13 @@ async def require_key(request: Request) -> KeyInfo:
     info = await request.app.state.cognitude.keys.resolve(token) if token is not None else None
     if info is None:
         raise AuthenticationError("Missing or invalid API key.")
+    if info.disabled:
+        raise OrganizationDisabled(DISABLED_MESSAGE)
     return info
+
+
+DISABLED_MESSAGE = ("This organization is disabled; its keys are refused until the operator "
+                    "enables it again.")
 
 
 def require_admin(request: Request) -> None:

@@ -2,10 +2,11 @@
 
 Read on a Redis miss when ``cache.cold_tier = true`` (a Redis restart, eviction or a new
 replica's empty Redis does not throw away paid-for answers) and back-filled into Redis.
-Written off the response path in batches: ``put`` appends to a bounded in-memory queue
-and a background task upserts every ``flush_interval_ms``. Unlike the usage ledger, cache
-entries are not precious: when the queue is full or Postgres is down they are dropped and
-counted, never spilled. Expired rows are purged by the same task.
+Written off the response path in batches: ``put`` appends to an in-memory queue bounded in
+entries and in bytes (a slow Postgres must not grow the process by the size of every answer
+it is sent meanwhile) and a background task upserts every ``flush_interval_ms``. Unlike the
+usage ledger, cache entries are not precious: when the queue is full or Postgres is down they
+are dropped and counted, never spilled. Expired rows are purged by the same task.
 
 Stored values are the exact bytes Redis holds (flag byte + body, see ``cache_key``), keyed by
 the full org-namespaced Redis key, so isolation between orgs is the same as in Redis.
@@ -52,10 +53,12 @@ class ColdCache:
     """Batched write-through and bounded-latency reads of ``response_cache``."""
 
     def __init__(self, pool: asyncpg.Pool, *, flush_interval_ms: int, queue_max: int,
-                 read_timeout_ms: int) -> None:
+                 read_timeout_ms: int, queue_max_bytes: int = 64 << 20) -> None:
         self._pool = pool
         self._interval = flush_interval_ms / 1000
         self._queue_max = queue_max
+        self._queue_max_bytes = queue_max_bytes
+        self._queue_bytes = 0  # sum of the queued values' lengths
         self._read_timeout = read_timeout_ms / 1000
         self._queue: deque[tuple[str, str, bytes, datetime]] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -68,10 +71,16 @@ class ColdCache:
 
     def put(self, key: str, org_id: str, value: bytes, ttl_s: int) -> None:
         """Queue an entry (synchronous, never blocks: called right after a response)."""
-        if len(self._queue) >= self._queue_max:
+        if (len(self._queue) >= self._queue_max
+                or self._queue_bytes + len(value) > self._queue_max_bytes):
             self.entries_dropped += 1
             return
+        self._queue_bytes += len(value)
         self._queue.append((key, org_id, value, datetime.now(UTC) + timedelta(seconds=ttl_s)))
+
+    @property
+    def queue_bytes(self) -> int:
+        return self._queue_bytes
 
     async def may_hold(self, org_id: str, epoch: int | None) -> bool:
         """Whether a Redis miss for ``org_id`` is worth a cold read.
@@ -148,6 +157,7 @@ class ColdCache:
             return
         batch = list(self._queue)
         self._queue.clear()
+        self._queue_bytes = 0
         latest: dict[str, tuple[str, str, bytes, datetime]] = {e[0]: e for e in batch}
         cols = list(zip(*latest.values(), strict=True))
         try:

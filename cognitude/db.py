@@ -7,13 +7,17 @@ file exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 log = logging.getLogger("cognitude.db")
+
+_T = TypeVar("_T")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # pg_advisory_lock key for the migration runner: an arbitrary constant ("cogmigr" in ASCII).
@@ -51,10 +55,36 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return applied_now
 
 
-async def create_pool(dsn: str, min_size: int, max_size: int,
-                      reset: Any = None) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=reset)
+async def create_pool(dsn: str, min_size: int, max_size: int, reset: Any = None,
+                      command_timeout: float | None = None) -> asyncpg.Pool:
+    """``command_timeout`` (seconds) cancels any query of the pool that runs longer."""
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=reset,
+                                     command_timeout=command_timeout)
 
 
 async def no_reset(conn: asyncpg.Connection) -> None:
     """For pools whose queries leave no session state (no LISTEN, locks, SET, cursors)."""
+
+
+async def bounded(pool: asyncpg.Pool, timeout_s: float,
+                  work: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+    """``work(conn)`` on a pooled connection, all of it (the wait for a connection included)
+    cut off after ``timeout_s`` with ``TimeoutError``.
+
+    asyncpg's own timeouts are not enough on a stalled server: after a timeout it sends the
+    server a cancel request and, when the connection goes back to the pool, waits for the
+    server to confirm it - forever, if the server is the thing that stalled. A connection
+    whose work did not finish is terminated instead (the pool opens a fresh one later).
+    """
+    conn: asyncpg.Connection | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            conn = await pool.acquire()
+            return await work(conn)
+    except BaseException:
+        if conn is not None:
+            conn.terminate()
+        raise
+    finally:
+        if conn is not None:
+            await pool.release(conn)

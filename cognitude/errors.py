@@ -4,12 +4,14 @@
     ├── InvalidRequest               400 invalid_request_error   (bad JSON, wrong types)
     ├── AuthenticationError          401 invalid_request_error / invalid_api_key
     ├── PermissionDenied             403 invalid_request_error
+    │   └── OrganizationDisabled     403 invalid_request_error / organization_disabled
     ├── NotFound                     404 invalid_request_error
     │   └── ModelNotFound            404 invalid_request_error / model_not_found
     ├── MethodNotAllowed             405 invalid_request_error
     ├── PayloadTooLarge              413 invalid_request_error
     ├── RateLimited                  429 rate_limit_exceeded     (+ Retry-After)
     ├── ServiceUnavailable           503 server_error            (Redis/Postgres down, fail-closed)
+    │   └── CredentialUnreadable     503 server_error / provider_credential_unreadable
     └── UpstreamError                502 upstream_error          (unreachable, bad reply)
         ├── UpstreamTimeout          504 timeout
         └── UpstreamHTTPError        <upstream's 4xx>            (passed through in OpenAI shape)
@@ -73,6 +75,10 @@ class PermissionDenied(ProxyError):
     code = "permission_denied"
 
 
+class OrganizationDisabled(PermissionDenied):
+    code = "organization_disabled"
+
+
 class NotFound(ProxyError):
     status = 404
     type = "invalid_request_error"
@@ -105,6 +111,13 @@ class ServiceUnavailable(ProxyError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class CredentialUnreadable(ServiceUnavailable):
+    """The org stored its own key for a provider and it cannot be decrypted: its requests
+    to that provider stop here rather than go out with the operator's shared key."""
+
+    code = "provider_credential_unreadable"
 
 
 class UpstreamError(ProxyError):

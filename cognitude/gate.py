@@ -16,10 +16,16 @@ a ``SCRIPT EXISTS`` round trip to every call.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cognitude import keys
 from cognitude.lua_script import LUA_DIR, LuaScript
@@ -29,7 +35,18 @@ if TYPE_CHECKING:
 
     from cognitude.redis_pipe import RedisPipe
 
+log = logging.getLogger("cognitude.gate")
+
 GATE_LUA_PATH: Path = LUA_DIR / "gate.lua"
+
+# What "Redis is unavailable" means for fail-open: the connection is lost or silent, or the
+# server cannot serve writes right now (loading its dataset, a replica after a failover).
+# Anything else Redis answers - a script error, WRONGTYPE, OOM - is Redis refusing the
+# command, and serving without limits would hide it: those are errors, not outages.
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, MasterDownError,
+    ConnectionError, TimeoutError, OSError,
+)
 USAGE_LUA_PATH: Path = LUA_DIR / "limits_usage.lua"
 
 # ARGV[5] of gate.lua, as the bytes the client would encode anyway.
@@ -196,3 +213,33 @@ class UsageReader:
         reply = await self._script.run(keys.limiter_keys(org_id),
                                        (0 if now_ms is None else now_ms,))
         return [WindowUsage(int(reply[i]), int(reply[i + 1])) for i in range(0, 6, 2)]
+
+
+class Outage:
+    """Fail-open bookkeeping: one log line when Redis becomes unavailable, one when it is
+    back with how long it lasted and how many requests were served without limits and
+    cache meanwhile. One per worker, owned by the lifespan (``AppState.outage``)."""
+
+    __slots__ = ("active", "since", "served", "cause")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.since = 0.0
+        self.served = 0
+        self.cause = ""
+
+    def served_open(self, exc: BaseException) -> None:
+        """A request was served without the gate because ``exc`` made Redis unavailable."""
+        if not self.active:
+            self.active, self.since, self.served = True, time.monotonic(), 0
+            self.cause = type(exc).__name__
+            log.warning("redis unavailable (%s): serving requests without rate limits and "
+                        "cache until it is back (redis.fail_open = true)", self.cause)
+        self.served += 1
+
+    def ended(self) -> None:
+        """The gate answered again."""
+        self.active = False
+        log.warning("redis is back after %.1f s (%s); %d requests were served without rate "
+                    "limits and cache meanwhile", time.monotonic() - self.since, self.cause,
+                    self.served)

@@ -1,10 +1,12 @@
 """The hot route: ``POST /v1/chat/completions`` (and ``/v1/embeddings``) as raw ASGI.
 
-Per request: read the body under the size cap, resolve the key from the in-process cache,
-parse with orjson, resolve the model, then ONE Redis round trip (``Gate.check``: three
-sliding windows + cache GET). Denied → 429; hit → the stored bytes (or SSE replay);
-miss → the upstream over the pooled aiohttp session, streamed through chunk by chunk.
-The cache write-back happens after the response is complete.
+Per request: resolve the key from the in-process cache (before reading the body: a bad key
+never makes us buffer megabytes), read the body under the size cap, parse with orjson,
+resolve the model and the credential it will go out with (an org that cannot use the
+provider is refused before anything is counted), then ONE Redis round trip
+(``Gate.check``: the sliding windows + cache GET). Denied → 429; hit → the stored bytes (or
+SSE replay); miss → the upstream over the pooled aiohttp session, streamed through event by
+event. The cache write-back happens after the response is complete.
 
 Starlette is not used here: measured 2 µs for a raw ASGI callable vs 12 µs for a
 Starlette ``Route`` (DESIGN §9).
@@ -18,26 +20,37 @@ import os
 from time import perf_counter
 from typing import Any
 
-from redis.exceptions import RedisError
+import orjson
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from . import cache_key, sse
-from .accounting import RequestLog
+from .accounting import RequestLog, usage_of_counts
 from .api import parse_object
-from .auth import CachePolicy, token_from_headers
+from .auth import DISABLED_MESSAGE, CachePolicy, KeyInfo, token_from_headers
 from .errors import (
     AuthenticationError,
+    CredentialUnreadable,
     InvalidRequest,
     MethodNotAllowed,
+    OrganizationDisabled,
     PayloadTooLarge,
     PermissionDenied,
     ProxyError,
     RateLimited,
     ServiceUnavailable,
     UpstreamError,
+    UpstreamTimeout,
 )
-from .gate import GateResult
+from .gate import REDIS_UNAVAILABLE, GateResult
 from .state import AppState
-from .upstream import error_from_upstream, map_upstream_errors
+from .upstream import (
+    MAX_ERROR_BYTES,
+    Provider,
+    completion_doc,
+    error_from_upstream,
+    map_upstream_errors,
+    read_capped,
+)
 
 log = logging.getLogger("cognitude.proxy")
 
@@ -128,6 +141,13 @@ def _limit_headers(g: GateResult | None) -> list[tuple[bytes, bytes]]:
     ]
 
 
+async def start_response(send: Any, req: RequestLog, status: int,
+                         headers: list[tuple[bytes, bytes]]) -> None:
+    """The one place a response starts: from here on an error cannot be a JSON response."""
+    req.headers_sent = True
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
 async def send_error(send: Any, exc: ProxyError, headers: list[tuple[bytes, bytes]]) -> None:
     body = exc.body()
     await send({
@@ -137,6 +157,27 @@ async def send_error(send: Any, exc: ProxyError, headers: list[tuple[bytes, byte
                     *exc.headers],
     })
     await send({"type": "http.response.body", "body": body})
+
+
+class _Headers:
+    """The request headers the hot route reads, picked out in one pass."""
+
+    __slots__ = ("authorization", "x_api_key", "cache_control", "ttl")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]], max_body: int) -> None:
+        self.authorization = self.x_api_key = self.cache_control = self.ttl = None
+        for name, value in raw:
+            if name == b"authorization":
+                self.authorization = value
+            elif name == b"x-api-key":
+                self.x_api_key = value
+            elif name == b"content-length":
+                if value.isdigit() and int(value) > max_body:
+                    raise PayloadTooLarge(f"Request body exceeds {max_body} bytes.")
+            elif name == b"cache-control":
+                self.cache_control = value.lower()
+            elif name == b"x-cognitude-cache-ttl":
+                self.ttl = value
 
 
 class ProxyRoute:
@@ -156,6 +197,8 @@ class ProxyRoute:
         self.max_ttl = cfg.cache.max_ttl_s
         self.count_hits = cfg.rate_limits.count_cache_hits
         self.fail_open = cfg.redis.fail_open
+        self.max_response = cfg.upstream.max_response_bytes
+        self.stall_s = cfg.upstream.read_timeout_s
         self.accountant = state.accountant
         self.request_id = RequestIds()
 
@@ -170,239 +213,310 @@ class ProxyRoute:
             req.status = 499  # nginx's "client closed request": nothing was answered
             req.error_type = "client_disconnected"
         except ProxyError as exc:
-            # req.status is set just before a response starts: non-zero means the headers
-            # are out (a mid-stream error was already written as an SSE error event).
-            started = req.status != 0
             req.status = exc.status_code
             req.error_type = exc.instance_code or exc.type
-            if not started:
+            if not req.headers_sent:  # else it was written as an SSE error event already
                 await send_error(send, exc, [(b"x-request-id", req.rid.encode())])
         except Exception:
             # Outermost boundary of the hot route: an unexpected bug must still answer in
             # OpenAI JSON (uvicorn's default 500 is plain text) and be logged with its trace.
             log.exception("unhandled error in %s", scope.get("path"))
-            started = req.status != 0
             req.status = 500
             req.error_type = "internal_error"
-            if not started:
+            if not req.headers_sent:
                 await send_error(send, ProxyError("Internal server error.", code="internal_error"),
                                  [(b"x-request-id", req.rid.encode())])
         finally:
-            self.accountant.finish(req)
+            await self._account(req)
+
+    async def _account(self, req: RequestLog) -> None:
+        if self.accountant.needs_count(req):
+            try:
+                await self.accountant.count_tokens(req)
+            except asyncio.CancelledError:
+                self.accountant.finish(req)  # shutting down: counted inline, still recorded
+                raise
+        self.accountant.finish(req)
 
     async def _handle(self, scope: dict, receive: Any, send: Any, req: RequestLog) -> None:
         state = self.state
-        authorization = x_api_key = cache_control = ttl_header = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"x-api-key":
-                x_api_key = value
-            elif name == b"content-length":
-                if value.isdigit() and int(value) > self.max_body:
-                    raise PayloadTooLarge(f"Request body exceeds {self.max_body} bytes.")
-            elif name == b"cache-control":
-                cache_control = value.lower()
-            elif name == b"x-cognitude-cache-ttl":
-                ttl_header = value
-
-        token = token_from_headers(authorization, x_api_key)
-        if token is None:
-            raise AuthenticationError(
-                "Missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
-            )
+        h = _Headers(scope["headers"], self.max_body)
+        info = await self._authenticate(h, req)
         body = await read_body(receive, self.max_body)
-        info = await state.keys.resolve(token)
-        if info is None:
-            raise AuthenticationError("Invalid API key.")
-        req.org_id = info.org_id
-        req.key_id = info.key_id
         req.doc = doc = _parse(body, self.endpoint)
-        req.model = model = doc["model"]
+        req.model = req.model_used = model = doc["model"]
         user = doc.get("user")
         if isinstance(user, str):
             req.end_user = user
-        provider = state.providers.resolve(model)
-        req.model_used = model
-        req.provider = provider.name
         req.stream = stream = self.streamable and doc.get("stream") is True
+        provider = state.providers.resolve(model)
+        req.provider = provider.name
+        url, headers, secret = self._target(info, provider)
 
-        # Cache policy: the org's settings (or the defaults), then the request's headers.
-        policy = info.cache or self.cache_policy
-        read_cache = write_cache = policy.enabled
-        ttl = policy.ttl_s
-        if read_cache and policy.only_deterministic and not cache_key.is_deterministic(doc):
-            read_cache = write_cache = False
-        if cache_control is not None:
-            if b"no-store" in cache_control:
-                write_cache = False
-            if b"no-cache" in cache_control:
-                read_cache = False
-        if ttl_header is not None:
-            ttl = _parse_ttl(ttl_header, self.max_ttl)
-            if ttl == 0:
-                write_cache = False
+        read_cache, write_cache, ttl = self._cache_policy(info, doc, h)
         ckey = (cache_key.redis_key(info.org_id, self.endpoint, doc)
                 if read_cache or write_cache else None)
-
-        # The one round trip: limits + cache lookup.
-        g0 = perf_counter()
-        gate: GateResult | None
-        try:
-            gate = await state.gate.check(
-                info.org_id, info.limits, ckey if read_cache else None,
-                count_hits=self.count_hits, key_id=info.key_id, key_limits=info.key_limits,
-                want_epoch=read_cache and state.cold is not None,
-            )
-        except (RedisError, OSError) as exc:
-            if not self.fail_open:
-                raise ServiceUnavailable("Rate limiter unavailable; try again shortly.") from None
-            log.warning("redis unavailable, failing open: %s", type(exc).__name__)
-            gate = None
+        read_key = ckey if read_cache else None
+        gate = await self._admit(info, read_key, req)
+        if gate is None:
             read_cache = write_cache = False
-        req.gate_s = perf_counter() - g0
         limit_headers = _limit_headers(gate)
-
         if gate is not None and not gate.allowed:
-            retry = str(gate.retry_after_s).encode()
-            whose = "this API key" if gate.window > 3 else "your organization"
-            span = _WINDOW_NAMES[(gate.window - 1) % 3]
-            raise RateLimited(
-                f"Rate limit reached for {whose}: {gate.limit} requests per {span}. "
-                f"Retry after {gate.retry_after_s} s.",
-                headers=[(b"retry-after", retry), *limit_headers],
-            )
+            raise _rate_limited(gate, limit_headers)
 
         # Errors get these too; send_error adds X-Request-ID to every error itself.
-        routing = [
-            (b"x-cognitude-model", model.encode()),
-            (b"x-cognitude-provider", provider.name_header),
-            *limit_headers,
-        ]
+        routing = [(b"x-cognitude-model", model.encode()),
+                   (b"x-cognitude-provider", provider.name_header), *limit_headers]
         common = [(b"x-request-id", req.rid.encode()), *routing]
-
-        if gate is not None and gate.cached is not None:
-            stored = state.codec.decode(gate.cached)
-            if stored is not None:
-                req.cache_status = b"HIT"
-                await self._send_hit(send, req, doc, stored, common)
-                return
-        if (read_cache and ckey is not None and state.cold is not None and gate is not None
-                and await state.cold.may_hold(info.org_id, gate.epoch)):
-            # Redis missed, and this org has Postgres copies from before Redis lost its data
-            # (restart, failover, flush): read it, bounded by cache.cold_read_timeout_ms.
-            found = await state.cold.get(ckey)
-            stored = state.codec.decode(found[0]) if found is not None else None
-            if found is not None and stored is not None:
-                req.cache_status = b"HIT"
-                await self._send_hit(send, req, doc, stored, common)
-                await self._backfill(ckey, found[0], found[1])
-                return
+        if gate is not None and await self._serve_hit(send, req, gate, read_key, info, common):
+            return
         if read_cache:
             req.cache_status = b"MISS"
 
-        # The org's own credential for this provider when it stored one, else the
-        # config-level key (if the provider shares it).
-        cred = info.credentials.get(provider.name) if info.credentials else None
-        if cred is not None:
-            url = (cred.base_url or provider.base_url) + self.upstream_path
-            headers, secret = cred.headers, cred.secret
-        elif provider.shared:
-            url = provider.base_url + self.upstream_path
-            headers, secret = provider.headers, provider.secret
-        else:
-            raise PermissionDenied(
-                f"Provider `{provider.name}` needs your organization's own key: store it "
-                "with POST /providers/config.", code="provider_key_required")
+        strip_usage = False
+        if stream and self.endpoint == "chat" and provider.stream_usage:
+            body, strip_usage = _with_stream_usage(doc, body)
         u0 = perf_counter()
         with map_upstream_errors(provider.name):
-            async with state.session.post(url, data=body, headers=headers) as resp:
+            async with state.session.post(url, data=body, headers=headers,
+                                          allow_redirects=False) as resp:
                 if resp.status != 200:
-                    err_body = await resp.read()
+                    err_body = await read_capped(resp, MAX_ERROR_BYTES, provider.name)
                     req.upstream_s = perf_counter() - u0
                     err = error_from_upstream(provider.name, secret, resp.status, err_body,
                                               resp.headers.get("retry-after"))
                     err.headers.extend(routing)
                     raise err
-                if stream:
+                if stream and resp.content_type == "text/event-stream":
                     req.upstream_s = perf_counter() - u0
                     acc = await self._pipe_stream(send, receive, req, resp, common,
-                                                  provider.name)
+                                                  provider.name, strip_usage)
                     if write_cache and acc is not None and acc.cacheable:
-                        await self._write_back(ckey, info.org_id, acc.completion(), ttl)
+                        await self._write_back(ckey, info.org_id, await self._stored(acc, req),
+                                               ttl)
                     return
-                data = await resp.read()
+                data = await read_capped(resp, self.max_response, provider.name)
         req.upstream_s = perf_counter() - u0
-        req.status = 200
-        req.response = data
-        total = perf_counter() - req.t0
-        await send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                JSON_CT, (b"content-length", str(len(data)).encode()),
-                (b"x-cognitude-cache", req.cache_status), *common,
-                _timing(req.gate_s, req.upstream_s, total),
-            ],
-        })
-        await send({"type": "http.response.body", "body": data})
+        parsed = completion_doc(data, self.endpoint, provider.name)
+        usage = parsed.get("usage")
+        req.usage = usage if isinstance(usage, dict) else None
+        if stream:
+            # A 200 that is a whole completion where a stream was asked for (servers that
+            # ignore `stream`): the client still gets the stream it asked for.
+            try:
+                await self._send_replay(send, req, doc, data, common, req.upstream_s)
+            except ValueError:
+                raise UpstreamError(f"Upstream provider `{provider.name}` answered a stream "
+                                    "request with neither SSE nor a chat completion.",
+                                    code="upstream_bad_response") from None
+        else:
+            await self._send_json(send, req, data, common, req.upstream_s)
         if write_cache:
             await self._write_back(ckey, info.org_id, data, ttl)
 
-    async def _send_hit(self, send: Any, req: RequestLog, doc: dict, stored: bytes,
-                        common: list[tuple[bytes, bytes]]) -> None:
-        req.status = 200
+    async def _authenticate(self, h: _Headers, req: RequestLog) -> KeyInfo:
+        token = token_from_headers(h.authorization, h.x_api_key)
+        if token is None:
+            raise AuthenticationError(
+                "Missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+            )
+        info = await self.state.keys.resolve(token)
+        if info is None:
+            raise AuthenticationError("Invalid API key.")
+        if info.disabled:
+            raise OrganizationDisabled(DISABLED_MESSAGE)
+        req.org_id = info.org_id
+        req.key_id = info.key_id
+        return info
+
+    def _target(self, info: KeyInfo, provider: Provider) -> tuple[str, dict[str, str], bytes]:
+        """URL, headers and secret (to scrub) the request goes out with: the org's own
+        credential for this provider when it stored one, else the config-level key (if the
+        provider shares it). Decided before the gate, so a refusal counts nothing."""
+        cred = info.credentials.get(provider.name) if info.credentials else None
+        if cred is not None:
+            return (cred.base_url or provider.base_url) + self.upstream_path, cred.headers, \
+                cred.secret
+        if info.unreadable and provider.name in info.unreadable:
+            raise CredentialUnreadable(
+                f"Your organization's stored key for provider `{provider.name}` cannot be "
+                "decrypted on this server; store it again with POST /providers/config.")
+        if provider.shared:
+            return provider.base_url + self.upstream_path, provider.headers, provider.secret
+        raise PermissionDenied(
+            f"Provider `{provider.name}` needs your organization's own key: store it "
+            "with POST /providers/config.", code="provider_key_required")
+
+    def _cache_policy(self, info: KeyInfo, doc: dict, h: _Headers) -> tuple[bool, bool, int]:
+        """(read, write, ttl): the org's settings (or the defaults), then the headers."""
+        policy = info.cache or self.cache_policy
+        read_cache = write_cache = policy.enabled
+        ttl = policy.ttl_s
+        if (read_cache and policy.only_deterministic and self.endpoint == "chat"
+                and not cache_key.is_deterministic(doc)):
+            read_cache = write_cache = False  # embeddings are deterministic by nature
+        if h.cache_control is not None:
+            if b"no-store" in h.cache_control:
+                write_cache = False
+            if b"no-cache" in h.cache_control:
+                read_cache = False
+        if h.ttl is not None:
+            ttl = _parse_ttl(h.ttl, self.max_ttl)
+            if ttl == 0:
+                write_cache = False
+        return read_cache, write_cache, ttl
+
+    async def _admit(self, info: KeyInfo, ckey: str | None,
+                     req: RequestLog) -> GateResult | None:
+        """The one round trip: limits + cache lookup. None: Redis is unavailable and the
+        request goes on without limits and cache (``redis.fail_open``)."""
+        state = self.state
+        g0 = perf_counter()
+        try:
+            gate = await state.gate.check(
+                info.org_id, info.limits, ckey,
+                count_hits=self.count_hits, key_id=info.key_id, key_limits=info.key_limits,
+                want_epoch=ckey is not None and state.cold is not None,
+            )
+        except REDIS_UNAVAILABLE as exc:
+            req.gate_s = perf_counter() - g0
+            if not self.fail_open:
+                raise ServiceUnavailable("Rate limiter unavailable; try again shortly.") from None
+            state.outage.served_open(exc)
+            return None
+        except OutOfMemoryError:
+            # Not an outage: Redis answers, and refuses writes. Serving without limits would
+            # hide it until someone reads a log; every request says so instead.
+            raise ServiceUnavailable(
+                "The rate limiter's Redis is out of memory (maxmemory reached with nothing "
+                "evictable); the operator must raise maxmemory or use maxmemory-policy "
+                "volatile-lfu.", code="redis_out_of_memory") from None
+        req.gate_s = perf_counter() - g0
+        if state.outage.active:
+            state.outage.ended()
+        return gate
+
+    async def _serve_hit(self, send: Any, req: RequestLog, gate: GateResult, ckey: str | None,
+                         info: KeyInfo, common: list[tuple[bytes, bytes]]) -> bool:
+        """Answer from the cache (Redis, else the cold tier); False on a miss."""
+        state = self.state
+        if gate.cached is not None:
+            stored = state.codec.decode(gate.cached)
+            if stored is not None and await self._send_hit(send, req, stored, common):
+                return True
+        if (ckey is not None and state.cold is not None
+                and await state.cold.may_hold(info.org_id, gate.epoch)):
+            # Redis missed, and this org has Postgres copies from before Redis lost its data
+            # (restart, failover, flush): read it, bounded by cache.cold_read_timeout_ms.
+            found = await state.cold.get(ckey)
+            stored = state.codec.decode(found[0]) if found is not None else None
+            if found is not None and stored is not None and await self._send_hit(
+                    send, req, stored, common):
+                await self._backfill(ckey, found[0], found[1])
+                return True
+        return False
+
+    async def _send_hit(self, send: Any, req: RequestLog, stored: bytes,
+                        common: list[tuple[bytes, bytes]]) -> bool:
+        """Send a stored response; False (a miss) for one this version cannot serve."""
+        if stored[:1] != b"{":
+            return False  # not JSON: an entry written before 200s were checked
+        req.cache_status = b"HIT"
         req.response = stored
-        timing = _timing(req.gate_s, 0.0, perf_counter() - req.t0)
         if not req.stream:
-            await send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [JSON_CT, (b"content-length", str(len(stored)).encode()),
-                            (b"x-cognitude-cache", b"HIT"), *common, timing],
-            })
-            await send({"type": "http.response.body", "body": stored})
-            return
+            await self._send_json(send, req, stored, common, 0.0)
+            return True
+        try:
+            await self._send_replay(send, req, req.doc or {}, stored, common, 0.0)
+        except ValueError:
+            if req.headers_sent:
+                raise
+            req.cache_status, req.response = b"MISS", None
+            return False
+        return True
+
+    async def _send_json(self, send: Any, req: RequestLog, data: bytes,
+                         common: list[tuple[bytes, bytes]], upstream_s: float) -> None:
+        req.status = 200
+        await start_response(send, req, 200, [
+            JSON_CT, (b"content-length", str(len(data)).encode()),
+            (b"x-cognitude-cache", req.cache_status), *common,
+            _timing(req.gate_s, upstream_s, perf_counter() - req.t0)])
+        await send({"type": "http.response.body", "body": data})
+
+    async def _send_replay(self, send: Any, req: RequestLog, doc: dict, completion: bytes,
+                           common: list[tuple[bytes, bytes]], upstream_s: float) -> None:
+        """A whole ``chat.completion`` sent as the SSE stream the client asked for, usage
+        included when it asked for it. ValueError (nothing sent) for a body that is not one."""
         opts = doc.get("stream_options")
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        events = sse.replay(stored, include_usage)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*SSE_HEADERS, (b"x-cognitude-cache", b"HIT"), *common, timing]})
+        events = sse.replay(completion, include_usage)
+        req.status = 200
+        await start_response(send, req, 200, [
+            *SSE_HEADERS, (b"x-cognitude-cache", req.cache_status), *common,
+            _timing(req.gate_s, upstream_s, perf_counter() - req.t0)])
         await send({"type": "http.response.body", "body": b"".join(events)})
 
     async def _pipe_stream(self, send: Any, receive: Any, req: RequestLog, resp: Any,
-                           common: list[tuple[bytes, bytes]],
-                           provider: str) -> sse.StreamAccumulator | None:
-        """Pass SSE through chunk by chunk; stop reading upstream if the client leaves."""
-        req.acc = acc = sse.StreamAccumulator()
-        timing = _timing(req.gate_s, req.upstream_s, perf_counter() - req.t0)
+                           common: list[tuple[bytes, bytes]], provider: str,
+                           strip_usage: bool) -> sse.StreamAccumulator | None:
+        """Pass SSE through event by event; stop reading upstream if the client leaves."""
+        req.acc = acc = sse.StreamAccumulator(strip_usage=strip_usage,
+                                              max_pending=self.max_response)
         req.status = 200
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*SSE_HEADERS, (b"x-cognitude-cache", req.cache_status),
-                                *common, timing]})
+        await start_response(send, req, 200, [
+            *SSE_HEADERS, (b"x-cognitude-cache", req.cache_status), *common,
+            _timing(req.gate_s, req.upstream_s, perf_counter() - req.t0)])
         # uvicorn drops sends to a gone client silently; the only signal is receive()
         # returning http.disconnect, so watch it while the stream runs.
         gone = asyncio.ensure_future(receive())
         try:
             try:
                 with map_upstream_errors(provider):
-                    async for chunk in resp.content.iter_any():
-                        if gone.done():
-                            resp.close()  # aborts the upstream request: no tokens wasted
-                            req.status = 499
-                            req.error_type = "client_disconnected"
-                            return None
-                        acc.feed(chunk)
-                        await send({"type": "http.response.body", "body": chunk,
-                                    "more_body": True})
+                    await self._relay(send, resp, acc, gone, provider)
             except UpstreamError as exc:
                 req.error_type = exc.instance_code or exc.type
                 await _stream_error(send, exc)
+                return None
+            if gone.done():
+                resp.close()  # aborts the upstream request: no tokens wasted
+                req.status = 499
+                req.error_type = "client_disconnected"
                 return None
             await send({"type": "http.response.body", "body": b""})
             return acc
         finally:
             gone.cancel()
+
+    async def _relay(self, send: Any, resp: Any, acc: sse.StreamAccumulator,
+                     gone: asyncio.Future[Any], provider: str) -> None:
+        """Forward whole events until the upstream ends, the client leaves, or the stream
+        stops making progress (bytes but no complete event for ``read_timeout_s``, or more
+        than ``max_response_bytes`` of an unfinished event)."""
+        last_event = perf_counter()
+        async for chunk in resp.content.iter_any():
+            if gone.done():
+                return
+            out = acc.feed(chunk)
+            if acc.overflow:
+                raise UpstreamError(f"Upstream provider `{provider}` sent more than "
+                                    f"{self.max_response} bytes without ending an event.",
+                                    code="upstream_too_large")
+            if out:
+                last_event = perf_counter()
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+            elif perf_counter() - last_event > self.stall_s:
+                raise UpstreamTimeout(f"Upstream provider `{provider}` sent no complete event "
+                                      f"for {self.stall_s:g} s.")
+
+    async def _stored(self, acc: sse.StreamAccumulator, req: RequestLog) -> bytes:
+        """The completion to cache for a finished stream, with usage even when the upstream
+        sent none (counted off the event loop; the ledger row uses the same count)."""
+        if acc.usage is None:
+            await self.accountant.count_tokens(req)
+            if req.counted is not None:
+                acc.usage = usage_of_counts(*req.counted)
+        return acc.completion()
 
     async def _write_back(self, key: str | None, org_id: str, data: bytes, ttl: int) -> None:
         """Store a response after it was sent (Redis now, the cold tier in the next batch);
@@ -424,6 +538,28 @@ class ProxyRoute:
             await self.state.redis.set(key, value, ex=ttl)
         except (RedisError, OSError) as exc:
             log.warning("cache write-back failed: %s", type(exc).__name__)
+
+
+def _rate_limited(gate: GateResult, limit_headers: list[tuple[bytes, bytes]]) -> RateLimited:
+    whose = "this API key" if gate.window > 3 else "your organization"
+    span = _WINDOW_NAMES[(gate.window - 1) % 3]
+    return RateLimited(
+        f"Rate limit reached for {whose}: {gate.limit} requests per {span}. "
+        f"Retry after {gate.retry_after_s} s.",
+        headers=[(b"retry-after", str(gate.retry_after_s).encode()), *limit_headers],
+    )
+
+
+def _with_stream_usage(doc: dict, body: bytes) -> tuple[bytes, bool]:
+    """The upstream body asking for usage on this stream, and whether the usage chunk must
+    be stripped for the client (it did not ask). Every cached stream then carries its usage,
+    so every later hit can bill and report it, in whatever shape that client asks."""
+    opts = doc.get("stream_options")
+    if opts is None:
+        opts = {}
+    elif not isinstance(opts, dict) or opts.get("include_usage") is True:
+        return body, False  # asked already (or malformed: the upstream says what is wrong)
+    return orjson.dumps({**doc, "stream_options": {**opts, "include_usage": True}}), True
 
 
 async def _stream_error(send: Any, exc: ProxyError) -> None:

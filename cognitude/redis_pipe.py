@@ -48,8 +48,15 @@ from typing import Any
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
+from redis.exceptions import (
+    BusyLoadingError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("cognitude.redis")
@@ -92,17 +99,52 @@ def encode(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
-def _error(exc: ResponseError) -> ResponseError:
+# Error replies that redis-py raises as their own classes (its parser maps them by prefix the
+# same way): callers tell an outage (fail open) from Redis refusing the command (not).
+_ERROR_PREFIXES: tuple[tuple[str, type[ResponseError] | type[RedisConnectionError]], ...] = (
+    ("NOSCRIPT", NoScriptError),
+    ("OOM", OutOfMemoryError),
+    ("READONLY", ReadOnlyError),
+    ("LOADING", BusyLoadingError),
+    ("MASTERDOWN", MasterDownError),
+)
+
+
+def _error(exc: ResponseError) -> Exception:
     msg = str(exc)
-    if msg.startswith("NOSCRIPT"):
-        return NoScriptError(msg)
+    for prefix, cls in _ERROR_PREFIXES:
+        if msg.startswith(prefix):
+            return cls(msg)
     return exc
+
+
+# Fire-and-forget write failures (a write-back SET refused: Redis out of memory, say) are
+# logged at most this often, with the count since the last line: one per request would
+# flood the log for as long as the condition lasts.
+_WRITE_FAILURE_LOG_EVERY_S = 60.0
+
+
+class _WriteFailures:
+    """Counts refused fire-and-forget writes of one client, logging them in summaries."""
+
+    __slots__ = ("count", "logged_at")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.logged_at = -_WRITE_FAILURE_LOG_EVERY_S
+
+    def __call__(self, reply: ResponseError, now: float) -> None:
+        self.count += 1
+        if now - self.logged_at >= _WRITE_FAILURE_LOG_EVERY_S:
+            log.warning("redis write failed (%d since the last report): %s", self.count, reply)
+            self.count, self.logged_at = 0, now
 
 
 class _Conn(asyncio.Protocol):
     """One connection: writes commands, matches replies to waiters in order."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, write_failed: _WriteFailures) -> None:
+        self.write_failed = write_failed
         # uvloop's transports are not registered as asyncio.Transport subclasses: Any.
         self.transport: Any = None
         self.reader = hiredis.Reader(replyError=ResponseError, protocolError=RedisConnectionError)
@@ -181,7 +223,7 @@ class _Conn(asyncio.Protocol):
                 fut = waiters.popleft()
                 if type(reply) is ResponseError:
                     if fut is None:
-                        log.warning("redis write failed: %s", reply)
+                        self.write_failed(reply, self.loop.time())
                     elif not fut.done():
                         fut.set_exception(_error(reply))
                 elif fut is not None and not fut.done():
@@ -238,7 +280,7 @@ class RedisPipe:
     """The hot path's Redis client (see the module doc). One per worker, owned by the lifespan."""
 
     __slots__ = ("_conn", "_connecting", "_params", "timeout_s", "_where", "_down",
-                 "_retry_at", "_backoff")
+                 "_retry_at", "_backoff", "_write_failures")
 
     def __init__(self, url: str, timeout_s: float) -> None:
         p = parse_url(url)
@@ -255,6 +297,7 @@ class RedisPipe:
         self._down: Exception | None = None
         self._retry_at = 0.0
         self._backoff = RETRY_MIN_S
+        self._write_failures = _WriteFailures()
 
     @property
     def down(self) -> bool:
@@ -349,11 +392,11 @@ class RedisPipe:
             async with asyncio.timeout(self.timeout_s):
                 if "path" in p:
                     _, conn = await loop.create_unix_connection(
-                        lambda: _Conn(self.timeout_s), p["path"])
+                        lambda: _Conn(self.timeout_s, self._write_failures), p["path"])
                 else:
                     _, conn = await loop.create_connection(
-                        lambda: _Conn(self.timeout_s), p.get("host", "localhost"),
-                        p.get("port", 6379))
+                        lambda: _Conn(self.timeout_s, self._write_failures),
+                        p.get("host", "localhost"), p.get("port", 6379))
                 if p.get("password"):
                     auth = ((b"AUTH", p["username"], p["password"]) if p.get("username")
                             else (b"AUTH", p["password"]))

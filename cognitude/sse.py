@@ -4,6 +4,12 @@ A cache entry always holds a non-stream ``chat.completion`` body. A ``stream: tr
 request that hits gets it replayed as ``chat.completion.chunk`` events; a streamed miss is
 folded back into a ``chat.completion`` (``StreamAccumulator``) so the next request, stream
 or not, can hit.
+
+The accumulator also frames the pass-through: ``feed`` returns the bytes to forward, which
+are always whole events. So a stream the upstream cuts mid-event never hands the client half
+an event glued to our error event, and one event can be left out: the usage chunk the
+proxy asked for on the client's behalf (``strip_usage``, see ``proxy``), so that every
+cached stream carries its usage while the client sees the stream it asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from typing import Any
 import orjson
 
 DONE = b"data: [DONE]\n\n"
+# With include_usage the upstream puts this on every chunk; a client that did not ask for
+# usage gets the chunks without it. Safe as a byte replace: inside a JSON string every quote
+# is escaped, so an unescaped `,"usage":null` can only be the field itself.
+_NULL_USAGE = b',"usage":null'
 
 
 def _event(obj: dict[str, Any]) -> bytes:
@@ -20,8 +30,12 @@ def _event(obj: dict[str, Any]) -> bytes:
 
 
 def replay(completion: bytes, include_usage: bool) -> list[bytes]:
-    """SSE events equivalent to a stored ``chat.completion`` body."""
+    """SSE events equivalent to a stored ``chat.completion`` body; ValueError when it is
+    not one (an entry this version cannot replay is a miss, never a broken stream)."""
     doc = orjson.loads(completion)
+    choices = doc.get("choices") if isinstance(doc, dict) else None
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise ValueError("not a chat.completion body")
     base = {
         "id": doc.get("id", ""),
         "object": "chat.completion.chunk",
@@ -31,7 +45,7 @@ def replay(completion: bytes, include_usage: bool) -> list[bytes]:
     if "system_fingerprint" in doc:
         base["system_fingerprint"] = doc["system_fingerprint"]
     events = []
-    for choice in doc.get("choices", ()):
+    for choice in choices:
         idx = choice.get("index", 0)
         msg = choice.get("message") or {}
         delta: dict[str, Any] = {"role": msg.get("role", "assistant"), "content": ""}
@@ -56,31 +70,57 @@ class StreamAccumulator:
     """Feeds on raw SSE bytes as they pass through; rebuilds the full completion at the end.
 
     ``complete`` is True only when the stream ended with ``[DONE]`` and every event parsed:
-    a truncated or odd stream is never cached.
+    a truncated or odd stream is never cached. ``overflow`` is set once more than
+    ``max_pending`` bytes arrive without ending an event (an upstream that never sends a
+    blank line would otherwise grow the buffer forever).
     """
 
-    __slots__ = ("_buf", "_choices", "_meta", "usage", "complete", "_broken")
+    __slots__ = ("_buf", "_choices", "_meta", "usage", "complete", "_broken", "_strip",
+                 "_max_pending", "overflow", "_drop")
 
-    def __init__(self) -> None:
+    def __init__(self, *, strip_usage: bool = False, max_pending: int = 1 << 25) -> None:
         self._buf = b""
         self._choices: dict[int, dict[str, Any]] = {}
         self._meta: dict[str, Any] = {}
         self.usage: dict[str, Any] | None = None
         self.complete = False
         self._broken = False
+        self._strip = strip_usage
+        self._max_pending = max_pending
+        self.overflow = False
+        self._drop = False  # set by _chunk for the event being parsed: leave it out
 
-    def feed(self, chunk: bytes) -> None:
-        if self._broken:
-            return
+    def feed(self, chunk: bytes) -> bytes:
+        """Take the next bytes from upstream; return the whole events among them (and any
+        left from before) to forward to the client."""
         buf = self._buf + chunk if self._buf else chunk
+        if self._broken:
+            self._buf = b""
+            return buf  # no longer parsed: passed through as it comes
+        sep = b"\r\n\r\n" if b"\r" in buf else b"\n\n"
         # One pass with an offset: cutting the buffer after every event copied the rest of
         # it each time, quadratic when a chunk carries many events (a client reading slowly
         # lets aiohttp coalesce them).
         start = 0
-        while (end := buf.find(b"\n\n", start)) >= 0:
+        kept: list[bytes] | None = None
+        while (end := buf.find(sep, start)) >= 0:
             self._event(buf[start:end])
-            start = end + 2
+            if self._drop:
+                if kept is None:
+                    kept = [buf[:start]]
+                self._drop = False
+            elif kept is not None:
+                kept.append(buf[start:end + len(sep)])
+            start = end + len(sep)
+            if self._broken:
+                kept = None  # forward the rest untouched
+                start = len(buf)
+                break
         self._buf = buf[start:]
+        if len(self._buf) > self._max_pending:
+            self.overflow = True
+        out = buf[:start] if kept is None else b"".join(kept)
+        return out.replace(_NULL_USAGE, b"") if self._strip else out
 
     def _event(self, event: bytes) -> None:
         for line in event.split(b"\n"):
@@ -96,15 +136,19 @@ class StreamAccumulator:
             except orjson.JSONDecodeError:
                 self._broken = True
                 return
-            self._chunk(obj)
+            if isinstance(obj, dict):
+                self._chunk(obj)
 
     def _chunk(self, obj: dict[str, Any]) -> None:
         for k in ("id", "created", "model", "system_fingerprint"):
             if k in obj and k not in self._meta:
                 self._meta[k] = obj[k]
+        choices = obj.get("choices") or ()
         if obj.get("usage"):
             self.usage = obj["usage"]
-        for ch in obj.get("choices") or ():
+            if self._strip and not choices:
+                self._drop = True  # the usage chunk only the proxy asked for
+        for ch in choices:
             idx = ch.get("index", 0)
             acc = self._choices.setdefault(
                 idx, {"role": "assistant", "content": [], "tool_calls": {}, "finish": None}

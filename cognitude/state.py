@@ -9,11 +9,12 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from .accounting import Accountant
+from .analytics import RecentRefreshes
 from .auth import KeyCache
 from .cache_key import ValueCodec
 from .cold_cache import ColdCache
 from .config import Config, Secrets
-from .gate import Gate, UsageReader
+from .gate import Gate, Outage, UsageReader
 from .redis_pipe import RedisPipe
 from .upstream import Providers
 
@@ -33,3 +34,5 @@ class AppState:
     codec: ValueCodec
     accountant: Accountant
     cold: ColdCache | None  # None when cache.cold_tier = false
+    outage: Outage  # fail-open bookkeeping: logged once when Redis goes, once when it is back
+    analytics: RecentRefreshes  # when each org's rollup was last refreshed by a GET

@@ -3,12 +3,18 @@
 aiohttp rather than httpx on this path: measured here, c=1 p50 133 µs vs 540 µs and
 16.4k vs 0.9k req/s at c=32 (DESIGN §9; ``bench/`` reproduces it). Every transport failure
 is translated to our exception tree in one place, ``map_upstream_errors``.
+
+Bounds: redirects are never followed (a 3xx is an upstream error: following one would let a
+tenant's ``base_url`` bounce the proxy to an internal address, and aiohttp skips the egress
+resolver for literal IPs); a body is read up to ``upstream.max_response_bytes`` and the whole
+exchange is cut at ``upstream.total_timeout_s``; a 200 must parse as the endpoint's JSON
+(``completion_doc``), or it is a 502 and never reaches the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,6 +31,12 @@ from .errors import (
     error_body,
 )
 
+# An error body is only ever shown in part (500 bytes), or passed through as a 4xx: a
+# megabyte is plenty, and bounds what a misbehaving upstream can make us hold.
+MAX_ERROR_BYTES = 1 << 20
+# The top-level array a 200 of each endpoint must carry to be an answer at all.
+_ANSWER_FIELD = {"chat": "choices", "embeddings": "data"}
+
 
 @dataclass(frozen=True, slots=True)
 class Provider:
@@ -34,6 +46,7 @@ class Provider:
     name_header: bytes  # for X-Cognitude-Provider
     secret: bytes  # the provider key, only to scrub it from upstream error bodies
     shared: bool  # orgs without their own credential may use the config-level key
+    stream_usage: bool  # ask for usage on every chat stream (stream_options.include_usage)
 
 
 class Providers:
@@ -57,7 +70,7 @@ class Providers:
             if key:
                 headers["Authorization"] = f"Bearer {key}"
             prov = Provider(p.name, p.base_url.rstrip("/"), headers, p.name.encode(), key.encode(),
-                            p.shared_key)
+                            p.shared_key, p.stream_usage)
             self.all.append(prov)
             for m in p.models:
                 self.by_model[m] = prov
@@ -71,12 +84,30 @@ class Providers:
             )
         return prov
 
-    def model_list(self) -> bytes:
-        data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": p.name}
-            for m, p in self.by_model.items()
-        ]
+    @staticmethod
+    def reachable(prov: Provider, own: Iterable[str]) -> bool:
+        """Whether an org that stored keys for the providers in ``own`` can use ``prov``."""
+        return prov.shared or prov.name in own
+
+    def model_list(self, own: Iterable[str]) -> bytes:
+        """``GET /v1/models`` for an org: the models of the providers it can reach."""
+        own = frozenset(own)
+        data = [_model_object(m, p) for m, p in self.by_model.items()
+                if self.reachable(p, own)]
         return orjson.dumps({"object": "list", "data": data})
+
+    def model(self, model_id: str, own: Iterable[str]) -> bytes:
+        """``GET /v1/models/{id}``; 404 ``model_not_found`` for a model the org cannot reach
+        (exactly as for one that does not exist: it does not, for this org)."""
+        prov = self.by_model.get(model_id)
+        if prov is None or not self.reachable(prov, frozenset(own)):
+            raise ModelNotFound(f"The model `{model_id}` does not exist or is not served by "
+                                "this proxy.", param="model")
+        return orjson.dumps(_model_object(model_id, prov))
+
+
+def _model_object(model: str, prov: Provider) -> dict[str, object]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": prov.name}
 
 
 def create_session(cfg: Config) -> aiohttp.ClientSession:
@@ -96,9 +127,10 @@ def create_session(cfg: Config) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
         # Per request: sock_read bounds the silence between two chunks on a stream, and the
-        # whole body on non-stream requests (where it is read in one go).
+        # whole body on non-stream requests (where it is read in one go); total bounds the
+        # whole exchange, so an upstream trickling bytes forever is cut off too.
         timeout=aiohttp.ClientTimeout(
-            total=None, connect=up.connect_timeout_s, sock_read=up.read_timeout_s
+            total=up.total_timeout_s, connect=up.connect_timeout_s, sock_read=up.read_timeout_s
         ),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
@@ -126,6 +158,44 @@ def map_upstream_errors(provider: str) -> Iterator[None]:
         ) from None
 
 
+async def read_capped(resp: aiohttp.ClientResponse, cap: int, provider: str) -> bytes:
+    """The response body, or 502 as soon as it is known to exceed ``cap`` bytes."""
+    length = resp.content_length
+    if length is not None and length > cap:
+        raise _too_large(provider, cap)
+    if length is not None and "Content-Encoding" not in resp.headers:
+        return await resp.read()  # exactly that many bytes: the common case, one call
+    # Chunked, or compressed (the decoded size is unknown until read: a small gzip body
+    # can inflate to gigabytes), so count what comes out.
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > cap:
+            raise _too_large(provider, cap)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(provider: str, cap: int) -> UpstreamError:
+    return UpstreamError(f"Upstream provider `{provider}` sent a response larger than {cap} "
+                         "bytes (upstream.max_response_bytes).", code="upstream_too_large")
+
+
+def completion_doc(body: bytes, endpoint: str, provider: str) -> dict[str, object]:
+    """A 200's body as the endpoint's JSON object, or 502: an upstream answering 200 with
+    an HTML error page (a gateway in front of it, say) must not be passed on as an answer,
+    nor cached for every later request."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get(_ANSWER_FIELD[endpoint]), list):
+        raise UpstreamError(f"Upstream provider `{provider}` answered 200 with a body that is "
+                            f"not a valid {endpoint} response.", code="upstream_bad_response")
+    return doc
+
+
 def error_from_upstream(name: str, secret: bytes, status: int, body: bytes,
                         retry_after: str | None) -> UpstreamError:
     """An upstream non-2xx as our error: 4xx passed through (in OpenAI shape), 5xx → 502.
@@ -147,5 +217,9 @@ def error_from_upstream(name: str, secret: bytes, status: int, body: bytes,
                               "upstream_error", None, f"upstream_{status}")
         passed = [(b"retry-after", retry_after.encode())] if retry_after else []
         return UpstreamHTTPError(status, body, passed)
+    if 300 <= status < 400:
+        return UpstreamError(f"Upstream provider `{name}` answered with a redirect (HTTP "
+                             f"{status}); upstream redirects are never followed.",
+                             code="upstream_redirect")
     return UpstreamError(f"Upstream provider `{name}` returned HTTP {status}.",
                          code=f"upstream_{status}")

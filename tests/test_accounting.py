@@ -52,3 +52,35 @@ def test_usage_matches_a_full_parse(body):
 def test_a_long_completion_gives_the_same_usage():
     body = orjson.dumps(completion("word " * 5000, usage=USAGE))
     assert _usage_of(body) == USAGE
+
+
+async def test_a_stream_without_usage_is_counted_off_the_event_loop(monkeypatch):
+    """Tokenizing a long answer takes milliseconds: it must not stall every other request
+    sharing the event loop, so it runs in a worker thread."""
+    import threading
+    from time import perf_counter
+
+    from cognitude import tokens
+    from cognitude.accounting import Accountant, RequestLog
+    from cognitude.sse import StreamAccumulator
+
+    threads: list[threading.Thread] = []
+    real = tokens.count_text
+
+    def recording(model: str, text: str) -> int:
+        threads.append(threading.current_thread())
+        return real(model, text)
+
+    monkeypatch.setattr(tokens, "count_text", recording)
+    req = RequestLog("rid", perf_counter(), "chat")
+    req.model = "gpt-4o-mini"
+    req.doc = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    req.acc = StreamAccumulator()
+    chunk = {"id": "c", "choices": [{"index": 0, "delta": {"content": "hello there"}}]}
+    req.acc.feed(b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n")
+    assert Accountant.needs_count(req)
+    accountant = Accountant.__new__(Accountant)
+    await accountant.count_tokens(req)
+    assert threads and threads[0] is not threading.main_thread()
+    assert req.counted == (accountant.tokens(req)) and req.counted[1] == 2
+    assert not Accountant.needs_count(req)

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cognitude import maintenance
-from cognitude.analytics import analytics_usage, usage_report
+from cognitude.analytics import RecentRefreshes, analytics_usage, usage_report
 from cognitude.app import error_response
 from cognitude.auth import KeyCache
 from cognitude.config import Config, Secrets
@@ -114,7 +114,8 @@ def make_app(pool: asyncpg.Pool) -> Starlette:
     app = Starlette(routes=[Route("/analytics/usage", analytics_usage, methods=["GET"])],
                     exception_handlers={ProxyError: proxy_error})
     app.state.cognitude = SimpleNamespace(pg=pool, keys=KeyCache(Config(), Secrets({}, {}, ""),
-                                                                 pool))
+                                                                 pool),
+                                          analytics=RecentRefreshes())
     return app
 
 
@@ -182,3 +183,25 @@ async def test_a_full_year_is_allowed(http: httpx.AsyncClient,
                        params={"start": "2024-01-01", "end": "2024-12-31", "group_by": "provider"})
     assert r.status_code == 200, r.text
     assert r.json()["data"] == [] and r.json()["totals"]["requests"] == 0
+
+
+async def test_reads_do_not_rewrite_the_rollup_on_every_get(
+        http: httpx.AsyncClient, org_factory: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The freshness refresh writes; a dashboard polling the endpoint must not turn every
+    GET into a rollup write (at most one per REFRESH_EVERY_S per org)."""
+    from cognitude import analytics
+
+    calls: list[str] = []
+    real = analytics.refresh_org
+
+    async def counting(conn: Any, org_id: str, **kw: Any) -> bool:
+        calls.append(org_id)
+        return await real(conn, org_id, **kw)
+
+    monkeypatch.setattr(analytics, "refresh_org", counting)
+    org, other = await org_factory(), await org_factory()
+    for _ in range(5):
+        assert (await http.get("/analytics/usage", headers=org.headers)).status_code == 200
+    assert (await http.get("/analytics/usage", headers=other.headers)).status_code == 200
+    assert calls == [org.org_id, other.org_id]

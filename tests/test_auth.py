@@ -102,6 +102,8 @@ async def test_revocation_reaches_every_replica_within_a_second(
     invalidation channel stops the key on both at once."""
     from cognitude.keys import INVALIDATION_CHANNEL
 
+    # Other proxies of the session (the shared one) may be subscribed too.
+    (_, others), = await redis_client.pubsub_numsub(INVALIDATION_CHANNEL)
     replicas = [proxy_factory("[auth]\nkey_cache_ttl_s = 60.0\n") for _ in range(2)]
     org = await org_factory()
     clients = [httpx.AsyncClient(base_url=p.url, timeout=10) for p in replicas]
@@ -116,7 +118,8 @@ async def test_revocation_reaches_every_replica_within_a_second(
         finally:
             await conn.close()
         t0 = asyncio.get_running_loop().time()
-        assert await redis_client.publish(INVALIDATION_CHANNEL, f"key:{hash_key(org.key)}") == 2
+        receivers = await redis_client.publish(INVALIDATION_CHANNEL, f"key:{hash_key(org.key)}")
+        assert receivers == others + 2
         for c in clients:
             while True:
                 r = await c.post("/v1/chat/completions", json=chat("after"),
@@ -261,3 +264,23 @@ async def test_close_cancels_the_lookups_still_running():
         pass
     else:
         raise AssertionError("a lookup cut short by close() cannot have an answer")
+
+
+async def test_a_full_key_cache_evicts_the_least_recently_used_not_everything(monkeypatch):
+    """A flood of distinct (unknown) keys once cleared the whole cache, sending every key in
+    use back to Postgres at once; now only the least recently used entries go."""
+    from cognitude import auth
+
+    monkeypatch.setattr(auth, "MAX_CACHED_KEYS", 3)
+    cache = ScriptedKeyCache.make()
+    cache.gate.set()
+    for token in ("cog-a", "cog-b", "cog-c"):
+        await cache.resolve(token)
+    await cache.resolve("cog-a")  # in use: now the most recently used
+    assert cache.calls == 3
+    await cache.resolve("cog-flood")  # one more than fits: "cog-b" goes
+    await cache.resolve("cog-a")
+    await cache.resolve("cog-c")
+    assert cache.calls == 4  # both still cached
+    await cache.resolve("cog-b")
+    assert cache.calls == 5  # looked up again

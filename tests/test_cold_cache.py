@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import httpx
@@ -36,7 +37,12 @@ async def test_redis_loss_is_served_from_the_cold_tier(client, org_factory, mock
     key = keys.cache_key(org.org_id, "chat", cache_key.digest(body))
     row = await wait_cold_row(pg_dsn, key)
     assert row is not None and row["org_id"] == org.org_id
-    assert bytes(row["value"]) == await redis_client.get(key)  # the same bytes as Redis
+    # The cold batch can land before the Redis write-back, which may be up to 10 ms late.
+    for _ in range(50):
+        if (in_redis := await redis_client.get(key)) is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert bytes(row["value"]) == in_redis  # the same bytes as Redis
     await redis_client.flushall()  # Redis restarted empty
     r2 = await client.post("/v1/chat/completions", json=body, headers=org.headers)
     assert r2.headers["x-cognitude-cache"] == "HIT"
@@ -120,3 +126,18 @@ async def test_cold_tier_is_read_only_after_redis_lost_data(client, org_factory,
     r = await client.post("/v1/chat/completions", json=body, headers=org.headers)
     assert r.headers["x-cognitude-cache"] == "HIT"
     assert reads((await client.get("/metrics")).text) == before + 1
+
+
+def test_the_write_queue_is_bounded_in_bytes_too():
+    """A slow Postgres must not grow the process by the size of every answer meanwhile: the
+    queue holds at most queue_max_bytes of values (and queue_max entries)."""
+    from cognitude.cold_cache import ColdCache
+
+    pool: Any = None  # put() never touches Postgres
+    cold = ColdCache(pool, flush_interval_ms=200, queue_max=1000, read_timeout_ms=50,
+                     queue_max_bytes=10_000)
+    for i in range(5):
+        cold.put(f"k{i}", "org", b"x" * 3000, 60)
+    assert cold.entries_dropped == 2 and cold.queue_bytes == 9000
+    cold.put("small", "org", b"x" * 1000, 60)  # still fits
+    assert cold.entries_dropped == 2 and cold.queue_bytes == 10_000

@@ -12,17 +12,9 @@ import httpx
 
 from cognitude import cache_key, keys
 from cognitude.auth import hash_key
-from tests.conftest import assert_openai_error, chat
+from tests.conftest import assert_openai_error, chat, sql
 
 ENC = {"COGNITUDE_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode()}
-
-
-async def sql(dsn: str, query: str, *args: object) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(query, *args)
-    finally:
-        await conn.close()
 
 
 async def test_per_key_limits_narrow_one_key_only(proxy_factory, org_factory, pg_dsn, mock):

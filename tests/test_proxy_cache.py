@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 
+import httpx
 import orjson
 
 from cognitude import cache_key, keys
@@ -231,6 +232,22 @@ async def test_embeddings_are_proxied_and_cached(client, org_factory, mock):
     await asyncio.sleep(0.05)
     r2 = await client.post("/v1/embeddings", json=body, headers=org.headers)
     assert r2.headers["x-cognitude-cache"] == "HIT" and r2.content == r1.content
+
+
+async def test_only_deterministic_still_caches_embeddings(proxy_factory, org_factory, mock):
+    """Embeddings are deterministic by nature: cache.only_deterministic limits chat only."""
+    p = proxy_factory(env={"COGNITUDE_CACHE_ONLY_DETERMINISTIC": "true"})
+    org = await org_factory()
+    body = {"model": "text-embedding-3-small", "input": "same vector", "encoding_format": "float"}
+    async with httpx.AsyncClient(base_url=p.url, timeout=10) as c:
+        for expected in ("MISS", "HIT"):
+            r = await c.post("/v1/embeddings", json=body, headers=org.headers)
+            assert r.status_code == 200 and r.headers["x-cognitude-cache"] == expected
+            await asyncio.sleep(0.05)
+        for _ in range(2):  # a chat request at the default temperature is not cached
+            r = await c.post("/v1/chat/completions", json=chat("creative"), headers=org.headers)
+            assert r.headers["x-cognitude-cache"] == "BYPASS"
+            await asyncio.sleep(0.05)
 
 
 async def test_provider_key_is_sent_upstream_and_client_key_is_not(client, org_factory, mock):

@@ -157,6 +157,10 @@ class ProviderConfig:
     # Orgs that stored no key of their own (POST /providers/config) may use this provider's
     # config-level key; false makes every org bring its own.
     shared_key: bool = True
+    # Ask for usage on every chat stream (stream_options.include_usage, the extra chunk
+    # removed for clients that did not ask), so that every cached stream carries its token
+    # counts; false for OpenAI-compatible servers that refuse the field.
+    stream_usage: bool = True
 
 
 @dataclass(frozen=True, slots=True)

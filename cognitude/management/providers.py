@@ -27,7 +27,6 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -177,7 +176,8 @@ async def list_providers(request: Request) -> Response:
             item["api_key"] = mask(decrypt(enc_key, r["ciphertext"],
                                            row_aad(info.org_id, r["provider"])))
         except DecryptionError:
-            # Reported, never guessed at: the hot path ignores this row too.
+            # Reported, never guessed at: the hot path answers this org's requests to the
+            # provider with 503 (cognitude.credentials), never with the shared key.
             item["error"] = ("The stored key cannot be decrypted (encryption key changed, or "
                              "the row was altered); configure this provider again.")
         data.append(item)
@@ -200,34 +200,6 @@ async def delete_provider(request: Request) -> Response:
                        param="provider")
     await publish(st.redis, st.keys, f"org:{info.org_id}")
     return json_response({"provider": provider, "deleted": True})
-
-
-async def org_provider_overrides(pg: asyncpg.Pool, encryption_key: bytes | None,
-                                 org_id: str) -> dict[str, tuple[str, str | None]]:
-    """provider → (api key, base_url or None) of one org, for the key-cache lookup.
-
-    Rows that do not decrypt (or any row, without an encryption key) are left out and
-    logged by org and provider only, so that org's traffic uses the config-level key.
-    ``base_url`` was checked when written; DNS may have changed since, which the upstream
-    session's resolver (``cognitude.egress``) catches at connect time.
-    """
-    rows = await pg.fetch(
-        "SELECT provider, ciphertext, base_url FROM provider_credentials WHERE org_id = $1",
-        org_id)
-    out: dict[str, tuple[str, str | None]] = {}
-    for r in rows:
-        if encryption_key is None:
-            log.warning("org %s has a %s credential but no encryption key is configured",
-                        org_id, r["provider"])
-            continue
-        try:
-            key = decrypt(encryption_key, r["ciphertext"], row_aad(org_id, r["provider"]))
-        except DecryptionError:
-            log.warning("org %s: stored %s credential does not decrypt; ignored",
-                        org_id, r["provider"])
-            continue
-        out[r["provider"]] = (key, r["base_url"])
-    return out
 
 
 ROUTES: list[Route] = [
