@@ -40,3 +40,23 @@ def epoch_key(org_id: str) -> str:
 def cache_key(org_id: str, endpoint: str, digest_hex: str) -> str:
     """``endpoint`` is a short name such as ``chat`` or ``embeddings``."""
     return f"{org_tag(org_id)}:c:{endpoint}:{digest_hex}"
+
+
+# Abuse throttles of the unauthenticated account endpoints (cognitude.management.throttle):
+# plain counters, one per client address or email per hour. Unlike the limiter hashes they
+# always carry a TTL (set in the same MULTI that creates them), so they expire on their own.
+
+
+def register_throttle_key(address: str) -> str:
+    """``POST /auth/register`` attempts from one client address in the current hour."""
+    return f"{PREFIX}:throttle:register:{address}"
+
+
+def login_throttle_key(address: str) -> str:
+    """``POST /auth/login`` attempts from one client address in the current hour."""
+    return f"{PREFIX}:throttle:login:{address}"
+
+
+def login_failures_key(email_sha256: str) -> str:
+    """Failed logins for one email in the current hour (by digest: no addresses in key names)."""
+    return f"{PREFIX}:throttle:login-failed:{email_sha256}"

@@ -50,7 +50,10 @@ def serve(tmp: Path, redis_url: str, pg_dsn: str, upstream: str,
         "postgres": {"dsn": pg_dsn},
         "providers": {"mock": {"base_url": upstream + "/v1", "api_key_env": "MOCK_PROVIDER_KEY",
                                "models": ["gpt-4o-mini"]}},
-        "auth": {"admin_key_env": ADMIN_ENV, **auth},
+        # Every test here registers from the TestClient's one address ("testclient"): the
+        # throttles are tested in test_throttle.py / test_login.py, with low limits.
+        "auth": {"admin_key_env": ADMIN_ENV, "register_per_hour": 10**6,
+                 "login_per_hour": 10**6, **auth},
     }, "test", env={})
     with pytest.MonkeyPatch.context() as mp:
         # Secrets are read from os.environ by the lifespan, so they must be set before it runs.
@@ -278,6 +281,10 @@ def test_register_rejects_non_object_bodies(api: TestClient, raw: bytes) -> None
     ({"name": "n" * 101}, "name", "100"),
     ({"name": 5}, "name", "string"),
     ({"scopes": ["all"]}, "scopes", "Unknown field"),
+    # A key's own windows, where given, nest like the org's (minute <= hour <= day).
+    ({"requests_per_minute": 10, "requests_per_hour": 5}, "requests_per_minute", "nest"),
+    ({"requests_per_hour": 100, "requests_per_day": 99}, "requests_per_hour", "nest"),
+    ({"requests_per_minute": 10, "requests_per_day": 9}, "requests_per_minute", "nest"),
 ])
 def test_create_key_validation(api: TestClient, body: dict[str, Any], param: str,
                                fragment: str) -> None:
@@ -293,6 +300,14 @@ def _owner(api: TestClient) -> str:
     if not _OWNER:
         _OWNER.append(register(api)["api_key"])
     return _OWNER[0]
+
+
+def test_key_limits_that_nest_are_accepted(api: TestClient) -> None:
+    for body in ({"requests_per_minute": 5, "requests_per_hour": 5, "requests_per_day": 5},
+                 {"requests_per_minute": 50, "requests_per_day": 60},
+                 {"requests_per_hour": 7}):
+        r = api.post("/auth/keys", json=body, headers=bearer(_owner(api)))
+        assert r.status_code == 201, (body, r.text)
 
 
 def test_key_endpoints_need_a_key(api: TestClient) -> None:
@@ -333,8 +348,11 @@ def test_admin_manages_organizations(api: TestClient) -> None:
 
     r = api.post(f"/admin/organizations/{org_id}/disable", headers=ADMIN)
     assert r.status_code == 200 and r.json()["disabled"] is True and r.json()["id"] == org_id
-    assert_openai_error(api.get("/auth/keys", headers=bearer(key)), 401)
-    assert_openai_error(api.get("/v1/models", headers=bearer(key)), 401)
+    # Refused, and told why (a valid key of a disabled org is not an "invalid key").
+    assert_openai_error(api.get("/auth/keys", headers=bearer(key)), 403,
+                        code="organization_disabled")
+    assert_openai_error(api.get("/v1/models", headers=bearer(key)), 403,
+                        code="organization_disabled")
     assert api.get("/auth/keys", headers=bearer(other)).status_code == 200  # others unaffected
     listed = {o["id"]: o for o in api.get("/admin/organizations", headers=ADMIN).json()["data"]}
     assert listed[org_id]["disabled"] is True
@@ -387,6 +405,13 @@ def test_openapi_paths_cover_every_route_and_match_validation() -> None:
     assert key.is_valid({}) and key.is_valid({"expires_at": None, "expires_in_days": 3})
     assert not key.is_valid({"expires_at": "2099-01-01T00:00:00Z", "expires_in_days": 3})
     assert not key.is_valid({"requests_per_minute": 0})
+    login = body_validator("/auth/login")
+    assert login.is_valid({"email": "a@example.com", "password": "x"})
+    assert login.is_valid({"email": "a@example.com", "password": "x", "key_name": None})
+    for bad in [{"email": "a@example.com"}, {"password": "x"},
+                {"email": "a@b", "password": "x"}, {"email": "a@example.com", "password": ""},
+                {"email": "a@example.com", "password": "x", "admin": True}]:
+        assert not login.is_valid(bad), bad
 
 
 # ---------------------------------------------------------------- schema-driven fuzz
@@ -435,8 +460,17 @@ def test_fuzz_accounts_endpoints_never_500(api: TestClient) -> None:
         if case.meta.generation.mode == GenerationMode.POSITIVE:
             # What the schema calls valid, the validation accepts (409: email taken,
             # 404: an id that does not exist; expires_at in the past is not expressible).
-            if not (case.path == "/auth/keys" and case.method == "POST"
-                    and "expires_at" in (case.body or {})):
+            body = case.body if isinstance(case.body, dict) else {}
+            given = [body[f] for f in ("requests_per_minute", "requests_per_hour",
+                                       "requests_per_day") if body.get(f) is not None]
+            if case.path == "/auth/login":
+                # A random email is not registered (JSON Schema cannot say "registered").
+                assert r.status_code == 401, (kw, r.text)
+            elif case.path == "/auth/keys" and case.method == "POST" and (
+                    "expires_at" in body or given != sorted(given)):
+                # Neither "in the future" nor "windows nest" is expressible in the schema.
+                assert r.status_code in (201, 400), (kw, r.text)
+            else:
                 assert r.status_code in (200, 201, 404, 409), (case.path, kw, r.text)
         assert r.status_code < 500, (case.method, case.path, kw, r.text)
         assert r.headers["content-type"].startswith("application/json"), r.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
 import random
@@ -47,8 +48,8 @@ def make_client(tmp_path: Path, redis_url: str, pg_dsn: str, mock_server: MockUp
                        base64.urlsafe_b64encode(os.urandom(32)).decode())
 
     @contextmanager
-    def factory(*, encryption: bool = True, allow_private: bool = False
-                ) -> Iterator[TestClient]:
+    def factory(*, encryption: bool = True, allow_private: bool = False,
+                static_keys: list[dict[str, str]] | None = None) -> Iterator[TestClient]:
         if not encryption:
             monkeypatch.delenv("COGNITUDE_ENCRYPTION_KEY")
         cfg = parse({
@@ -59,6 +60,7 @@ def make_client(tmp_path: Path, redis_url: str, pg_dsn: str, mock_server: MockUp
             "alerts": {"allow_private_targets": allow_private},
             "providers": {"mock": {"base_url": mock_server.url + "/v1",
                                    "models": ["gpt-4o-mini"]}},
+            "auth": {"static_keys": static_keys or []},
         }, "test", env={})
         app = CognitudeApp(cfg)
         app.starlette.router.routes.extend(
@@ -237,18 +239,29 @@ def test_rate_limit_config(make_client: Client, pg_dsn: str) -> None:
     with make_client() as c:
         default = {"requests_per_minute": 100, "requests_per_hour": 3000,
                    "requests_per_day": 50000}
-        assert c.get(url, headers=a.headers).json() == default
+
+        def view(limits: dict[str, int]) -> dict[str, Any]:
+            # Never granted anything: the ceilings are the config defaults.
+            return {**limits, "ceilings": default}
+
+        assert c.get(url, headers=a.headers).json() == view(default)
         # The key cache now holds A's limits; the PUT must reach the next request anyway.
         assert c.get("/rate-limits/usage", headers=a.headers).json()["minute"]["limit"] == 100
         r = c.put(url, headers=a.headers, json={"requests_per_minute": 7})
-        assert r.status_code == 200 and r.json() == {**default, "requests_per_minute": 7}
+        assert r.status_code == 200 and r.json() == view({**default, "requests_per_minute": 7})
         assert c.get("/rate-limits/usage", headers=a.headers).json()["minute"]["limit"] == 7
-        r = c.put(url, headers=a.headers, json={"requests_per_hour": 50, "requests_per_day": 10**9})
-        want = {"requests_per_minute": 7, "requests_per_hour": 50, "requests_per_day": 10**9}
-        assert r.json() == want and c.get(url, headers=a.headers).json() == want
-        assert c.put(url, headers=a.headers, json={"requests_per_minute": None}).json() == {
-            **want, "requests_per_minute": 100}
-        assert c.get(url, headers=b.headers).json() == default
+        r = c.put(url, headers=a.headers, json={"requests_per_hour": 50,
+                                                "requests_per_day": 40000})
+        want = {"requests_per_minute": 7, "requests_per_hour": 50, "requests_per_day": 40000}
+        assert r.json() == view(want) and c.get(url, headers=a.headers).json() == view(want)
+        # null: back to the ceiling — but 100 per minute would exceed 50 per hour.
+        err = assert_openai_error(c.put(url, headers=a.headers,
+                                        json={"requests_per_minute": None}), 400)
+        assert err["param"] == "requests_per_minute" and "nest" in err["message"]
+        assert c.put(url, headers=a.headers, json={"requests_per_minute": None,
+                                                   "requests_per_hour": None}).json() == view(
+            {**default, "requests_per_day": 40000})
+        assert c.get(url, headers=b.headers).json() == view(default)
 
         bad: list[tuple[Any, str]] = [
             ({"requests_per_minute": 0}, "requests_per_minute"),
@@ -259,14 +272,22 @@ def test_rate_limit_config(make_client: Client, pg_dsn: str) -> None:
             ({"requests_per_hour": 1.5}, "requests_per_hour"),
             ({"requests_per_day": True}, "requests_per_day"),
             ({"requests_per_week": 3}, "requests_per_week"),
-            ({"requests_per_minute": 5, "burst": 1}, "burst")]
+            ({"requests_per_minute": 5, "burst": 1}, "burst"),
+            ({"requests_per_hour": 99}, "requests_per_hour"),  # below 100 per minute
+            ({"requests_per_day": 2999}, "requests_per_day")]  # below 3000 per hour
         for body, param in bad:
             err = assert_openai_error(c.put(url, headers=a.headers, json=body), 400)
             assert err["param"] == param, (body, err)
         assert_openai_error(c.put(url, headers=a.headers, json={}), 400)
         assert_openai_error(c.put(url, headers=a.headers, json=[1]), 400)
         assert_openai_error(c.put(url, json={"requests_per_minute": 5}), 401)
-        assert c.get(url, headers=a.headers).json() == {**want, "requests_per_minute": 100}
+        # Above the ceiling (here the default): only the operator key may raise it.
+        err = assert_openai_error(c.put(url, headers=a.headers,
+                                        json={"requests_per_day": 10**9}), 403,
+                                  code="limit_above_ceiling")
+        assert err["param"] == "requests_per_day" and "50000" in err["message"]
+        assert c.get(url, headers=a.headers).json() == view({**default,
+                                                             "requests_per_day": 40000})
 
 
 def _model_used(calls: list[int], now: int) -> list[int]:
@@ -353,6 +374,49 @@ def test_usage_endpoint_and_reset(make_client: Client, pg_dsn: str) -> None:
         body = c.get("/rate-limits/usage", headers=org.headers).json()
         assert all(body[w]["used"] == 0 and body[w]["reset"] == 0 for w in body)
         assert call(c, st.gate.check, org.org_id, lim).remaining == 4
+
+
+def test_reset_clears_every_key_window(make_client: Client, pg_dsn: str) -> None:
+    """A key with limits of its own, exhausted, is admitted again after the reset: the
+    per-key windows go with the org's (they used to survive it)."""
+    org = new_org(pg_dsn)
+    (key,) = sql(pg_dsn, "UPDATE api_keys SET requests_per_minute = 2 WHERE org_id = $1"
+                 " RETURNING id", org.org_id)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with make_client() as c:
+        st = state(c)
+        info = call(c, st.keys.resolve, org.key)
+        assert info.key_id == key["id"] and info.key_limits == Limits(2, 3000, 50000)
+
+        def admit() -> bool:
+            return bool(call(c, st.gate.check, org.org_id, info.limits, key_id=info.key_id,
+                             key_limits=info.key_limits).allowed)
+
+        assert [admit() for _ in range(3)] == [True, True, False]
+        r = c.post("/rate-limits/reset", headers=admin, json={"organization_id": org.org_id})
+        assert r.status_code == 200, r.text
+        for name in (*keys.limiter_keys(org.org_id),
+                     *keys.key_limiter_keys(org.org_id, info.key_id)):
+            assert call(c, st.redis.exists, name) == 0, name
+        assert [admit() for _ in range(3)] == [True, True, False]
+
+
+def test_reset_clears_static_key_windows(make_client: Client, pg_dsn: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Static keys (config.toml) have windows named by their digest: reset finds them too."""
+    static_key = "cog-static-" + os.urandom(8).hex()
+    monkeypatch.setenv("COG_TEST_STATIC_KEY", static_key)
+    org_id = "static-" + os.urandom(4).hex()
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with make_client(static_keys=[{"org": org_id, "key_env": "COG_TEST_STATIC_KEY"}]) as c:
+        st = state(c)
+        key_id = "static:" + hashlib.sha256(static_key.encode()).hexdigest()[:12]
+        names = keys.key_limiter_keys(org_id, key_id)
+        for name in names:
+            call(c, st.redis.hset, name, "1", "5")
+        r = c.post("/rate-limits/reset", headers=admin, json={"organization_id": org_id})
+        assert r.status_code == 200, r.text
+        assert [call(c, st.redis.exists, name) for name in names] == [0, 0, 0]
 
 
 # ---- cache settings -----------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""Accounts: self-service registration, an org's own API keys, and operator org administration.
+"""Accounts: self-service registration and login, an org's own API keys, and operator org
+administration.
 
     POST   /auth/register                       name, email, password → org + first key
+    POST   /auth/login                          email, password → a new key for the org
     POST   /auth/keys                           (org key) new key, shown once
     GET    /auth/keys                           (org key) metadata only, never key or hash
     DELETE /auth/keys/{key_id}                  (org key) revoke; 404 for another org's key
@@ -13,13 +15,19 @@ org answers 404 exactly like a missing one, so ids leak nothing across orgs. Eve
 that the hot path caches (revocation, disabling) is published through ``invalidation`` so
 every replica applies it within a second. Revoking the key that authenticates the request
 is allowed: it is the only way to retire a leaked last key.
+
+Registration and login need no key, so they are throttled per client address (and login
+also per email) in Redis, before any password KDF runs (``throttle``). Login answers an
+unknown email, a wrong password and an account without a password (created by the
+operator) with the same 401 after the same one KDF run, so neither the answer nor its
+timing tells which emails are registered.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 
@@ -28,31 +36,38 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import keys
 from ..api import field, json_body, json_response, reject_unknown
-from ..auth import hash_key, new_key, require_admin, require_key
+from ..auth import DISABLED_MESSAGE, hash_key, new_key, require_admin, require_key
 from ..errors import (
-    InvalidRequest,
+    AuthenticationError,
     NotFound,
+    OrganizationDisabled,
     PermissionDenied,
     ProxyError,
     ServiceUnavailable,
 )
 from ..invalidation import publish
 from ..state import AppState
+from . import throttle
+from .account_fields import (
+    email_field,
+    expiry_field,
+    opt_int_field,
+    password_field,
+    path_id,
+    text_field,
+)
 from .accounts_openapi import (
-    EMAIL_MAX,
-    EMAIL_PATTERN,
-    EXPIRES_AT_MAX_LEN,
-    EXPIRES_DAYS_MAX,
     KEY_NAME_MAX,
     LIMIT_FIELDS,
     LIMIT_MAX,
     NAME_MAX,
     OPENAPI_PATHS,
     PASSWORD_MAX,
-    PASSWORD_MIN,
 )
-from .passwords import hash_password, verify_password
+from .limits import check_nested
+from .passwords import check_password, hash_password, verify_password
 
 __all__ = ["ROUTES", "OPENAPI_PATHS", "Conflict", "hash_password", "verify_password"]
 
@@ -63,90 +78,6 @@ class Conflict(ProxyError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
-
-
-# ---------------------------------------------------------------- validation helpers
-
-# Deliberately simple (one @, no whitespace or control characters, a dot in the domain):
-# deliverability is the mail server's business, this only catches typos and junk. The same
-# pattern is published in the OpenAPI schema.
-_EMAIL_RE = re.compile(EMAIL_PATTERN)
-
-
-def _text(doc: dict[str, Any], name: str, max_len: int, *, required: bool = True,
-          default: str = "") -> str:
-    value = field(doc, name, str, required=required, max_len=max_len, nullable=not required)
-    if value is None:
-        return default
-    return str(value).strip()
-
-
-def _email(doc: dict[str, Any], *, required: bool) -> str | None:
-    value = field(doc, "email", str, required=required, max_len=EMAIL_MAX,
-                  nullable=not required)
-    if value is None:
-        return None
-    email = str(value).strip().lower()
-    if not _EMAIL_RE.match(email):
-        raise InvalidRequest("`email` must be an email address like name@example.com.",
-                             param="email")
-    return email
-
-
-def _password(doc: dict[str, Any]) -> str:
-    value: str = field(doc, "password", str, max_len=PASSWORD_MAX)
-    if len(value) < PASSWORD_MIN:
-        raise InvalidRequest(f"`password` must be at least {PASSWORD_MIN} characters.",
-                             param="password")
-    return value
-
-
-def _opt_int(doc: dict[str, Any], name: str, max_value: int) -> int | None:
-    """An optional positive integer. JSON Schema counts 3.0 as an integer (and the published
-    schema says "integer"), so an integral float is accepted as that integer."""
-    value = doc.get(name)
-    if isinstance(value, float) and value.is_integer():
-        doc = {name: int(value)}
-    result: int | None = field(doc, name, int, required=False, nullable=True, min_value=1,
-                               max_value=max_value)
-    return result
-
-
-def _expiry(doc: dict[str, Any]) -> datetime | None:
-    at = field(doc, "expires_at", str, required=False, max_len=EXPIRES_AT_MAX_LEN,
-               nullable=True)
-    days = _opt_int(doc, "expires_in_days", EXPIRES_DAYS_MAX)
-    now = datetime.now(UTC)
-    if at is not None and days is not None:
-        raise InvalidRequest("Give either `expires_at` or `expires_in_days`, not both.",
-                             param="expires_in_days")
-    if days is not None:
-        return now + timedelta(days=days)
-    if at is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(at)
-        # A datetime without an offset is taken as UTC; converting here (not in the driver)
-        # turns an out-of-range result into a 400 rather than a 500.
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        parsed = parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise InvalidRequest(
-            "`expires_at` must be an ISO-8601 datetime such as 2030-01-31T00:00:00Z.",
-            param="expires_at") from None
-    if parsed <= now:
-        raise InvalidRequest("`expires_at` must be in the future.", param="expires_at")
-    return parsed
-
-
-def _path_id(request: Request, name: str, what: str) -> str:
-    value: str = request.path_params[name]
-    # Ids are uuid text (or short config names); anything else cannot exist, and NUL would
-    # make Postgres raise instead of answer "no row".
-    if not value or len(value) > 200 or "\x00" in value:
-        raise NotFound(f"No {what} with id {value[:200]!r}.")
-    return value
 
 
 # ---------------------------------------------------------------- plumbing
@@ -162,6 +93,8 @@ def _pool(st: AppState) -> asyncpg.Pool:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+_DB_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError)
 
 
 def _db_errors(handler: Handler) -> Handler:
@@ -171,8 +104,7 @@ def _db_errors(handler: Handler) -> Handler:
     async def wrapper(request: Request) -> Response:
         try:
             return await handler(request)
-        except (OSError, TimeoutError, asyncpg.InterfaceError,
-                asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
+        except _DB_DOWN as exc:
             raise ServiceUnavailable(
                 f"Database unavailable ({type(exc).__name__}); retry shortly.") from None
 
@@ -214,6 +146,10 @@ def _duplicate_email() -> Conflict:
     return Conflict("An organization with this email already exists.", param="email")
 
 
+async def _throttle(st: AppState, key: str, limit: int, what: str) -> None:
+    await throttle.take(st.redis, key, limit, what, fail_open=st.cfg.redis.fail_open)
+
+
 # ---------------------------------------------------------------- self-service
 
 @_db_errors
@@ -222,11 +158,15 @@ async def register(request: Request) -> Response:
     if not st.cfg.auth.allow_registration:
         raise PermissionDenied("Registration is disabled on this deployment; ask the operator "
                                "for an API key.", code="registration_disabled")
+    # Counted before the body is read: malformed and duplicate attempts use up a try too,
+    # and once an address is over its limit none of its requests reaches the KDF.
+    await _throttle(st, keys.register_throttle_key(throttle.client_address(request)),
+                    st.cfg.auth.register_per_hour, "registration attempts from this address")
     doc = await json_body(request)
     reject_unknown(doc, {"name", "email", "password"})
-    name = _text(doc, "name", NAME_MAX)
-    email = _email(doc, required=True)
-    password = _password(doc)
+    name = text_field(doc, "name", NAME_MAX)
+    email = email_field(doc, required=True)
+    password = password_field(doc)
     pool = _pool(st)
     # Cheap early answer for the common duplicate, before paying for the KDF; the unique
     # index below still settles a race between two registrations.
@@ -245,14 +185,61 @@ async def register(request: Request) -> Response:
     return json_response({"organization_id": org_id, "api_key": key}, 201)
 
 
+_BAD_LOGIN = "Invalid email or password."
+
+
+@_db_errors
+async def login(request: Request) -> Response:
+    """A new key for the org whose email and password these are (allowed even when
+    registration is off: the account exists already)."""
+    st = _state(request)
+    limit = st.cfg.auth.login_per_hour
+    await _throttle(st, keys.login_throttle_key(throttle.client_address(request)), limit,
+                    "login attempts from this address")
+    doc = await json_body(request)
+    reject_unknown(doc, {"email", "password", "key_name"})
+    email = email_field(doc, required=True)
+    assert email is not None  # required=True
+    # No minimum length here: a password is checked against what was stored, and a later
+    # stricter registration rule must not lock out older accounts.
+    password: str = field(doc, "password", str, max_len=PASSWORD_MAX)
+    key_name = text_field(doc, "key_name", KEY_NAME_MAX, required=False) or "login"
+    # Each attempt takes one of the email's failures before the KDF and a right password
+    # gives it back, so even concurrent guesses never get more than `limit` wrong tries.
+    failures = keys.login_failures_key(hashlib.sha256(email.encode()).hexdigest())
+    await _throttle(st, failures, limit, "failed logins for this email")
+    pool = _pool(st)
+    try:
+        org = await pool.fetchrow("SELECT id, password_hash, disabled FROM organizations"
+                                  " WHERE lower(email) = $1", email)
+    except _DB_DOWN:
+        await throttle.refund(st.redis, failures)  # nothing was guessed
+        raise
+    if not await check_password(org["password_hash"] if org is not None else None, password):
+        raise AuthenticationError(_BAD_LOGIN, code="invalid_credentials")
+    await throttle.refund(st.redis, failures)
+    if org["disabled"]:
+        raise OrganizationDisabled(DISABLED_MESSAGE)
+    key = new_key()
+    async with pool.acquire() as conn:
+        try:
+            row = await _insert_key(conn, org["id"], key, key_name)
+        except asyncpg.ForeignKeyViolationError:
+            # The org was deleted between the lookup and the insert.
+            raise AuthenticationError(_BAD_LOGIN, code="invalid_credentials") from None
+    return json_response({"organization_id": org["id"], "api_key": key, "key_id": row["id"]},
+                         201)
+
+
 @_db_errors
 async def create_key(request: Request) -> Response:
     info = await require_key(request)
     doc = await json_body(request)
     reject_unknown(doc, {"name", "expires_at", "expires_in_days", *LIMIT_FIELDS})
-    name = _text(doc, "name", KEY_NAME_MAX, required=False)
-    expires_at = _expiry(doc)
-    rpm, rph, rpd = (_opt_int(doc, f, LIMIT_MAX) for f in LIMIT_FIELDS)
+    name = text_field(doc, "name", KEY_NAME_MAX, required=False)
+    expires_at = expiry_field(doc)
+    rpm, rph, rpd = (opt_int_field(doc, f, LIMIT_MAX) for f in LIMIT_FIELDS)
+    check_nested(dict(zip(LIMIT_FIELDS, (rpm, rph, rpd), strict=True)), LIMIT_FIELDS)
     key = new_key()
     async with _pool(_state(request)).acquire() as conn:
         try:
@@ -276,7 +263,7 @@ async def list_keys(request: Request) -> Response:
 @_db_errors
 async def revoke_key(request: Request) -> Response:
     info = await require_key(request)
-    key_id = _path_id(request, "key_id", "API key")
+    key_id = path_id(request, "key_id", "API key")
     st = _state(request)
     # The org filter is the isolation: another org's id matches no row, so it is a 404
     # exactly like an id that never existed. COALESCE keeps the first revocation time.
@@ -310,8 +297,8 @@ async def admin_create_org(request: Request) -> Response:
     require_admin(request)
     doc = await json_body(request)
     reject_unknown(doc, {"name", "email"})
-    name = _text(doc, "name", NAME_MAX)
-    email = _email(doc, required=False)
+    name = text_field(doc, "name", NAME_MAX)
+    email = email_field(doc, required=False)
     key = new_key()
     async with _pool(_state(request)).acquire() as conn, conn.transaction():
         try:
@@ -334,7 +321,7 @@ async def admin_list_orgs(request: Request) -> Response:
 
 async def _set_disabled(request: Request, disabled: bool) -> Response:
     require_admin(request)
-    org_id = _path_id(request, "org_id", "organization")
+    org_id = path_id(request, "org_id", "organization")
     st = _state(request)
     row = await _pool(st).fetchrow(
         f"UPDATE organizations o SET disabled = $2 WHERE o.id = $1 RETURNING {_ORG_COLUMNS}",
@@ -361,6 +348,7 @@ async def admin_enable_org(request: Request) -> Response:
 
 ROUTES: list[Route] = [
     Route("/auth/register", register, methods=["POST"]),
+    Route("/auth/login", login, methods=["POST"]),
     Route("/auth/keys", create_key, methods=["POST"]),
     Route("/auth/keys", list_keys, methods=["GET"]),
     Route("/auth/keys/{key_id}", revoke_key, methods=["DELETE"]),

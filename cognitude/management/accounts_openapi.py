@@ -3,7 +3,8 @@ share, so the published schema and the validation cannot drift apart.
 
 ``cognitude.openapi`` supplies ``#/components/schemas/Error`` (the OpenAI error envelope) and
 the document-wide security (bearer / X-API-Key): operations here inherit it, the operator
-endpoints expect the operator key in it, and registration opts out (``security: []``).
+endpoints expect the operator key in it, and registration and login opt out
+(``security: []``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ _EMAIL = {"type": "string", "format": "email", "maxLength": EMAIL_MAX, "pattern"
 
 _CREDENTIALS = _obj({"organization_id": _STR,
                      "api_key": {**_STR, "description": "Shown once; store it now."}})
+_LOGIN_CREDENTIALS = _obj({"organization_id": _STR,
+                           "api_key": {**_STR, "description": "Shown once; store it now."},
+                           "key_id": {**_STR, "description": "For `DELETE /auth/keys/{key_id}`."}})
 
 _KEY_META = {
     "object": {"const": "api_key"},
@@ -108,6 +112,14 @@ _REGISTER_BODY = _obj(
                                  "returned."}},
     additionalProperties=False)
 
+_LOGIN_BODY = _obj(
+    {"email": _EMAIL,
+     "password": {"type": "string", "minLength": 1, "maxLength": PASSWORD_MAX,
+                  "pattern": _NONBLANK},
+     "key_name": {"type": ["string", "null"], "maxLength": KEY_NAME_MAX, "pattern": _NO_NUL,
+                  "description": "Name of the new key (default \"login\")."}},
+    required=["email", "password"], additionalProperties=False)
+
 _CREATE_KEY_BODY = _obj(
     {"name": {"type": ["string", "null"], "maxLength": KEY_NAME_MAX, "pattern": _NO_NUL},
      "expires_at": {"type": ["string", "null"], "format": "date-time",
@@ -115,7 +127,8 @@ _CREATE_KEY_BODY = _obj(
                     "description": "ISO-8601, in the future; no offset means UTC."},
      "expires_in_days": {"type": ["integer", "null"], "minimum": 1,
                          "maximum": EXPIRES_DAYS_MAX},
-     **{f: {**_LIMIT_OR_NULL, "description": "Per-key limit within the org's limits."}
+     **{f: {**_LIMIT_OR_NULL, "description": "Per-key limit within the org's limits; those "
+                                             "given must nest (minute <= hour <= day)."}
         for f in LIMIT_FIELDS}},
     required=[], additionalProperties=False,
     # expires_at and expires_in_days are alternatives.
@@ -132,6 +145,8 @@ _TOO_LARGE = _err("Body over 64 KiB.")
 _NO_KEY = _err("Missing, unknown, revoked or expired API key, or disabled organization.")
 _NO_OPERATOR = _err("Missing or wrong operator key.")
 _DB_DOWN = _err("Postgres unavailable; retry.")
+_THROTTLED = _err("Too many attempts this hour; `Retry-After` says when to retry.")
+_SERVICE_DOWN = _err("Postgres unavailable, or Redis with `redis.fail_open` off; retry.")
 
 
 def _set_disabled_op(disabled: bool) -> dict[str, Any]:
@@ -151,13 +166,29 @@ OPENAPI_PATHS: dict[str, Any] = {
     "/auth/register": {"post": {
         "tags": ["accounts"], "operationId": "register",
         "summary": "Create an organization and its first API key",
-        "description": "Disabled (403) when `auth.allow_registration` is false.",
+        "description": ("Disabled (403) when `auth.allow_registration` is false. At most "
+                        "`auth.register_per_hour` attempts per client address per hour, "
+                        "invalid ones included (429)."),
         "security": [],
         "requestBody": _body(_REGISTER_BODY),
         "responses": {"201": _ok("The organization and its key.", _CREDENTIALS),
                       "400": _BAD_BODY, "403": _err("Registration is disabled."),
                       "409": _err("Email already registered."), "413": _TOO_LARGE,
-                      "503": _DB_DOWN},
+                      "429": _THROTTLED, "503": _SERVICE_DOWN},
+    }},
+    "/auth/login": {"post": {
+        "tags": ["accounts"], "operationId": "login",
+        "summary": "Create a new API key for the organization with this email and password",
+        "description": ("Works whether or not registration is enabled. Unknown email, wrong "
+                        "password and an account without a password all answer the same "
+                        "401. At most `auth.login_per_hour` attempts per client address and "
+                        "as many failed attempts per email per hour (429)."),
+        "security": [],
+        "requestBody": _body(_LOGIN_BODY),
+        "responses": {"201": _ok("The organization and a new key.", _LOGIN_CREDENTIALS),
+                      "400": _BAD_BODY, "401": _err("Invalid email or password."),
+                      "403": _err("The organization is disabled."), "413": _TOO_LARGE,
+                      "429": _THROTTLED, "503": _SERVICE_DOWN},
     }},
     "/auth/keys": {
         "post": {

@@ -2,6 +2,9 @@
 
 Stored as ``scrypt$n$r$p$salt_b64$hash_b64`` so the cost parameters can be raised later
 without invalidating existing hashes (``verify_password`` reads them from the string).
+Registration hashes and login verifies through the same per-loop semaphore, so neither a
+registration flood nor a login flood can take more than ``_KDF_SLOTS`` threads and their
+memory.
 """
 
 from __future__ import annotations
@@ -39,21 +42,44 @@ def hash_password_sync(password: str) -> str:
                      base64.b64encode(salt).decode(), base64.b64encode(digest).decode()])
 
 
-async def hash_password(password: str) -> str:
-    """``hash_password_sync`` off the event loop, at most ``_KDF_SLOTS`` at a time."""
+# What an account without a password (or an unknown email) is checked against, so that a
+# login costs one full KDF run whatever the email: answer time does not tell which emails are
+# registered. Built from the current cost parameters, so it keeps costing what a real hash
+# costs; no password matches it in practice (it needs a preimage of 32 zero bytes).
+_DUMMY_HASH = "$".join(["scrypt", str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P),
+                        base64.b64encode(bytes(_SALT_BYTES)).decode(),
+                        base64.b64encode(bytes(_DKLEN)).decode()])
+
+
+def _slots() -> asyncio.Semaphore:
     loop = asyncio.get_running_loop()
     sem = _kdf_slots.get(loop)
     if sem is None:
         sem = _kdf_slots[loop] = asyncio.Semaphore(_KDF_SLOTS)
-    async with sem:
+    return sem
+
+
+async def hash_password(password: str) -> str:
+    """``hash_password_sync`` off the event loop, at most ``_KDF_SLOTS`` at a time."""
+    async with _slots():
         return await asyncio.to_thread(hash_password_sync, password)
+
+
+async def check_password(stored: str | None, password: str) -> bool:
+    """``verify_password`` off the event loop, sharing ``hash_password``'s KDF slots.
+
+    ``stored`` None (unknown email, an account the operator created without a password)
+    still runs one KDF, against ``_DUMMY_HASH``, and answers False.
+    """
+    async with _slots():
+        ok = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
+    return ok and stored is not None
 
 
 def verify_password(stored: str, password: str) -> bool:
     """Whether ``password`` matches a ``hash_password`` string, compared in constant time.
 
-    Blocks ~50 ms: call it through ``asyncio.to_thread`` from async code. (No endpoint uses
-    it yet: the brief has no login endpoint; it is here for one.)
+    Blocks ~50 ms: async code calls ``check_password``.
     """
     try:
         scheme, n_s, r_s, p_s, salt_b64, hash_b64 = stored.split("$")
