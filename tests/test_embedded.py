@@ -433,6 +433,20 @@ def _interpreter_runnable_by(user: pwd.struct_passwd) -> str | None:
     return None
 
 
+def _searchable_by_others(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in (*path.parents, path))
+
+
+def _open_tree(root: Path) -> None:
+    """Readable (and directories searchable) by everyone, as an installed package is."""
+    for dirpath, _, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, os.stat(path).st_mode | 0o444)
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to switch to another user")
 def test_runs_as_a_non_root_user(shared_tmp: Path) -> None:
     nobody = pwd.getpwnam("nobody")
@@ -444,11 +458,23 @@ def test_runs_as_a_non_root_user(shared_tmp: Path) -> None:
     os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
     # Our checkout (above cognitude/embedded/), then the wheels' locations (searched by the
     # binary lookup, not imported) and asyncpg's (the launcher's PostgreSQL client).
-    import_path = [str(Path(embedded.__file__).parents[2])]
+    import_path = [Path(embedded.__file__).parents[2]]
     for package in (embedded._VALKEY_PACKAGE, embedded._POSTGRES_PACKAGE, "asyncpg"):
         location = embedded._package_dir(package)
         assert location is not None
-        import_path.append(str(location.parent))
+        import_path.append(location.parent)
+    # A checkout below a mode-700 directory (`mktemp -d`, /root) is out of that user's
+    # reach: hand it copies of what it imports (the package and the three wheels), instead.
+    if not all(_searchable_by_others(p) for p in import_path):
+        site = shared_tmp / "site"
+        site.mkdir()
+        for name in ("cognitude", embedded._VALKEY_PACKAGE, embedded._POSTGRES_PACKAGE,
+                     f"{embedded._POSTGRES_PACKAGE}.libs", "asyncpg"):
+            src = next((p / name for p in import_path if (p / name).exists()), None)
+            if src is not None:
+                shutil.copytree(src, site / name, symlinks=True)
+        import_path = [site]
+        _open_tree(site)
     script = textwrap.dedent(
         """
         import os, sys
@@ -465,7 +491,8 @@ def test_runs_as_a_non_root_user(shared_tmp: Path) -> None:
         user=nobody.pw_uid,
         group=nobody.pw_gid,
         extra_groups=[],
-        env={**os.environ, "HOME": str(shared_tmp), "PYTHONPATH": os.pathsep.join(import_path)},
+        env={**os.environ, "HOME": str(shared_tmp),
+             "PYTHONPATH": os.pathsep.join(map(str, import_path))},
         cwd="/",
         capture_output=True,
         text=True,

@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from cognitude import keys
 from cognitude.app import CognitudeApp
 from cognitude.config import parse
+from cognitude.credentials import load_org_credentials
 from cognitude.crypto import DecryptionError, decrypt, row_aad
 from cognitude.gate import Limits
 from cognitude.management import cache_settings, limits, providers
@@ -122,23 +123,25 @@ def test_provider_credentials_round_trip(make_client: Client, pg_dsn: str) -> No
         assert "ciphertext" not in listed.text
 
         st = state(c)
-        got = call(c, providers.org_provider_overrides, st.pg, st.secrets.encryption_key,
-                   a.org_id)
-        assert got == {"mock": (SECRET, None)}
+        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, a.org_id)
+        assert got.unreadable == frozenset() and list(got.usable) == ["mock"]
+        assert got.usable["mock"].headers["Authorization"] == f"Bearer {SECRET}"
+        assert got.usable["mock"].base_url is None
 
         # Org B sees nothing of A's and cannot delete it.
         assert c.get("/providers", headers=b.headers).json()["data"] == []
         assert_openai_error(c.delete("/providers/mock", headers=b.headers), 404)
-        assert call(c, providers.org_provider_overrides, st.pg, st.secrets.encryption_key,
-                    b.org_id) == {}
+        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, b.org_id)
+        assert got.usable == {} and not got.unreadable
 
         # Upsert replaces, then delete removes.
         r = c.post("/providers/config", headers=a.headers,
                    json={"provider": "mock", "api_key": SECRET + "2",
                          "base_url": "https://8.8.8.8/v1/"})
         assert r.status_code == 201 and r.json()["base_url"] == "https://8.8.8.8/v1"
-        assert call(c, providers.org_provider_overrides, st.pg, st.secrets.encryption_key,
-                    a.org_id) == {"mock": (SECRET + "2", "https://8.8.8.8/v1")}
+        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, a.org_id)
+        assert got.usable["mock"].secret == (SECRET + "2").encode()
+        assert got.usable["mock"].base_url == "https://8.8.8.8/v1"
         assert c.delete("/providers/mock", headers=a.headers).json() == {
             "provider": "mock", "deleted": True}
         assert_openai_error(c.delete("/providers/mock", headers=a.headers), 404)
@@ -162,8 +165,9 @@ def test_ciphertext_bound_to_its_org(make_client: Client, pg_dsn: str) -> None:
             decrypt(st.secrets.encryption_key, row["ciphertext"], row_aad(b.org_id, "mock"))
         (item,) = c.get("/providers", headers=b.headers).json()["data"]
         assert item["api_key"] is None and "cannot be decrypted" in item["error"]
-        assert call(c, providers.org_provider_overrides, st.pg, st.secrets.encryption_key,
-                    b.org_id) == {}
+        # Not usable, and not silently dropped either: the hot path answers 503 for it.
+        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, b.org_id)
+        assert got.usable == {} and got.unreadable == {"mock"}
 
 
 def test_key_never_echoed(make_client: Client, pg_dsn: str,
