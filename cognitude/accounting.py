@@ -23,8 +23,7 @@ from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
 
-import orjson
-
+from .answers import usage_of
 from .pricing import PriceCatalog
 from .sse import StreamAccumulator
 from .usage import UsageRecord, UsageWriter
@@ -39,6 +38,7 @@ class RequestLog:
         "rid", "t0", "ts", "endpoint", "org_id", "key_id", "model", "model_used",
         "provider", "route", "stream", "cache_status", "status", "error_type", "gate_s",
         "upstream_s", "end_user", "doc", "response", "acc", "usage", "counted", "headers_sent",
+        "stripped_usage",
     )
 
     def __init__(self, rid: str, t0: float, endpoint: str) -> None:
@@ -67,6 +67,9 @@ class RequestLog:
         # True from the moment the response's first message went out: an error after that
         # can no longer be a JSON error response (a stream ends with an error event instead).
         self.headers_sent = False
+        # The proxy asked the upstream for this stream's usage on the client's behalf: the
+        # usage chunk is left out of what the client receives.
+        self.stripped_usage = False
 
 
 def _count(req: RequestLog) -> tuple[int, int]:
@@ -85,38 +88,6 @@ def usage_of_counts(prompt: int, completion: int) -> dict[str, int]:
     """An OpenAI ``usage`` object for counted tokens (stored with a cached stream)."""
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
-
-
-_USAGE_KEY = b'"usage"'
-_KEY_STARTS = frozenset(b"{, \t\r\n")  # what may precede a key's opening quote
-
-
-def _usage_of(body: bytes) -> dict[str, Any] | None:
-    """The response's top-level ``usage`` object, or None.
-
-    OpenAI and the compatible servers put ``usage`` last, so it is parsed from the tail
-    alone, at a cost that does not grow with the completion (a 4 KB answer made the full
-    parse the costliest step of accounting). The tail is trusted only when it is exactly
-    ``"usage": <object> }`` after a byte that can start a key: a nested ``usage`` leaves
-    extra closing brackets, so it fails to parse; an escaped quote is preceded by a
-    backslash. Anything else takes the full parse, as before.
-    """
-    i = body.rfind(_USAGE_KEY)
-    if i > 0 and body[i - 1] in _KEY_STARTS:
-        tail = body[i + len(_USAGE_KEY):].strip()
-        if tail[:1] == b":" and tail[-1:] == b"}":
-            try:
-                usage = orjson.loads(tail[1:-1])
-            except orjson.JSONDecodeError:
-                usage = None
-            if isinstance(usage, dict):
-                return usage
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    usage = doc.get("usage") if isinstance(doc, dict) else None
-    return usage if isinstance(usage, dict) else None
 
 
 def _int(value: Any) -> int:
@@ -148,7 +119,7 @@ class Accountant:
         usage = req.usage
         if usage is None:
             if req.response is not None:
-                usage = _usage_of(req.response)
+                usage = usage_of(req.response)
             elif req.acc is not None:
                 usage = req.acc.usage
         if usage is not None:

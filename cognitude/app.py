@@ -33,6 +33,7 @@ from .auth import KeyCache, KeyInfo, create_org, require_key
 from .cache_key import ValueCodec
 from .cold_cache import ColdCache
 from .config import Config
+from .deadlines import Deadlines
 from .errors import (
     ProxyError,
     ServiceUnavailable,
@@ -301,12 +302,15 @@ class CognitudeApp:
             invalidator = Invalidator(redis, keycache)
             await invalidator.start()
             stack.push_async_callback(invalidator.close)
+            deadlines = Deadlines(cfg.upstream.total_timeout_s)
+            deadlines.start()
+            stack.push_async_callback(deadlines.close)
             state = AppState(
                 cfg=cfg, secrets=secrets, redis=redis, pipe=pipe, pg=pg, gate=gate,
                 limits_usage=UsageReader(redis), keys=keycache, providers=providers,
                 session=session, codec=ValueCodec(cfg.cache.compress_min_bytes),
                 accountant=accountant, cold=cold, outage=Outage(),
-                analytics=RecentRefreshes(),
+                analytics=RecentRefreshes(), deadlines=deadlines,
             )
             app.state.cognitude = state
             self.hot = {

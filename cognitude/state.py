@@ -14,6 +14,7 @@ from .auth import KeyCache
 from .cache_key import ValueCodec
 from .cold_cache import ColdCache
 from .config import Config, Secrets
+from .deadlines import Deadlines
 from .gate import Gate, Outage, UsageReader
 from .redis_pipe import RedisPipe
 from .upstream import Providers
@@ -36,3 +37,4 @@ class AppState:
     cold: ColdCache | None  # None when cache.cold_tier = false
     outage: Outage  # fail-open bookkeeping: logged once when Redis goes, once when it is back
     analytics: RecentRefreshes  # when each org's rollup was last refreshed by a GET
+    deadlines: Deadlines  # upstream.total_timeout_s for every exchange in flight
