@@ -68,8 +68,8 @@ import benchlib  # noqa: E402  (sibling module, see its docstring)
 from benchlib import LOOPBACK, cpu_ticks, percentile, ticks_to_ms  # noqa: E402
 
 from cognitude import db  # noqa: E402
-from cognitude.auth import create_org, new_key, store_key  # noqa: E402
 from cognitude.embedded import EmbeddedServices, find_valkey_binary  # noqa: E402
+from cognitude.identity.apikeys import create_org, new_key, store_key  # noqa: E402
 
 SCENARIOS = ("hit", "miss", "ratelimited", "stream")
 UNLIMITED = 1_000_000_000  # per window; rate_limit_configs columns are int4

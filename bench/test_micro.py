@@ -23,13 +23,14 @@ import pytest
 import redis.asyncio as aioredis
 import uvloop
 
-from cognitude import cache_key
-from cognitude.accounting import Accountant, RequestLog
+from cognitude.cache import cache_key
 from cognitude.embedded import EmbeddedServices
-from cognitude.gate import Gate, GateResult, Limits
-from cognitude.pricing import load_catalog
-from cognitude.proxy import JSON_CT, RequestIds, _limit_headers, _parse, _timing
-from cognitude.usage import UsageRecord
+from cognitude.gate.gate import Gate, GateResult, Limits
+from cognitude.hotpath.request import _parse
+from cognitude.hotpath.respond import JSON_CT, RequestIds, _limit_headers, _timing
+from cognitude.ledger.accounting import Accountant, RequestLog
+from cognitude.ledger.pricing import load_catalog
+from cognitude.ledger.usage import UsageRecord
 
 pytestmark = pytest.mark.bench
 

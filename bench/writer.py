@@ -56,8 +56,8 @@ from overhead import PeriodicTimer  # noqa: E402  (reused: the kernel-timer sche
 
 from cognitude import db  # noqa: E402
 from cognitude.embedded import EmbeddedServices  # noqa: E402
-from cognitude.gate import Gate, Limits  # noqa: E402
-from cognitude.usage import UsageRecord, UsageWriter  # noqa: E402
+from cognitude.gate.gate import Gate, Limits  # noqa: E402
+from cognitude.ledger.usage import UsageRecord, UsageWriter  # noqa: E402
 
 SECTION = "Usage writer"
 ORG = "org_bench_writer"

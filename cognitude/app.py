@@ -24,33 +24,32 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import config as config_mod
-from . import db, openapi, tokens
-from .accounting import Accountant
-from .analytics import RecentRefreshes, analytics_usage
-from .api import json_response
-from .auth import KeyCache, KeyInfo, create_org, require_key
-from .cache_key import ValueCodec
-from .cold_cache import ColdCache
-from .config import Config
-from .deadlines import Deadlines
-from .errors import (
-    ProxyError,
-    ServiceUnavailable,
-    error_body,
-    for_status,
-)
-from .gate import Gate, Outage, UsageReader
-from .invalidation import Invalidator
-from .maintenance import Maintenance
-from .management import accounts, cache_settings, limits, providers
-from .metrics import metrics
-from .pricing import load_catalog
-from .proxy import ProxyRoute
-from .redis_pipe import RedisPipe, supports
-from .state import AppState
-from .upstream import Providers, create_session
-from .usage import UsageWriter
+from cognitude import config as config_mod
+from cognitude import db, openapi
+from cognitude.analytics.usage_report import RecentRefreshes
+from cognitude.cache.cache_key import ValueCodec
+from cognitude.cache.cold_cache import ColdCache
+from cognitude.config import Config
+from cognitude.errors import ProxyError, ServiceUnavailable, error_body, for_status
+from cognitude.gate.gate import Gate, Outage, UsageReader
+from cognitude.gate.redis_pipe import RedisPipe, supports
+from cognitude.hotpath.route import ProxyRoute
+from cognitude.identity.apikeys import create_org
+from cognitude.identity.invalidation import Invalidator
+from cognitude.identity.keycache import KeyCache, KeyInfo
+from cognitude.ledger import tokens
+from cognitude.ledger.accounting import Accountant
+from cognitude.ledger.maintenance import Maintenance
+from cognitude.ledger.pricing import load_catalog
+from cognitude.ledger.usage import UsageWriter
+from cognitude.management import accounts, cache_settings, limits, providers
+from cognitude.management.analytics import analytics_usage
+from cognitude.management.common import json_response
+from cognitude.management.guards import require_key
+from cognitude.metrics import metrics
+from cognitude.providers.deadlines import Deadlines
+from cognitude.providers.upstream import Providers, create_session
+from cognitude.state import AppState
 
 log = logging.getLogger("cognitude")
 

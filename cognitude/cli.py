@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from . import config as config_mod
-from . import db
-from .auth import create_org, new_key, store_key
-from .config import Config, ConfigError
+from cognitude import config as config_mod
+from cognitude import db
+from cognitude.config import Config, ConfigError
+from cognitude.identity.apikeys import create_org, new_key, store_key
 
 log = logging.getLogger("cognitude")
 
@@ -77,7 +77,7 @@ async def preflight(cfg: Config) -> None:
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    from .upstream import Providers
+    from cognitude.providers.upstream import Providers
 
     secrets = config_mod.read_secrets(cfg)
     Providers(cfg, secrets)
@@ -174,7 +174,7 @@ def _bind_mock(cfg: Config) -> socket.socket | None:
 def _start_mock(cfg: Config, sock: socket.socket) -> subprocess.Popen[bytes]:
     """Start the bundled mock upstream on ``sock`` (from ``_bind_mock``) and wait until it
     answers, so the first request after the banner works."""
-    from .embedded import _child_preexec  # shared PDEATHSIG setup
+    from cognitude.embedded import _child_preexec  # shared PDEATHSIG setup
 
     port = sock.getsockname()[1]
     try:
@@ -236,7 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.with_mock:
             mock_sock = _bind_mock(cfg)
         if cfg.embedded_redis or cfg.embedded_postgres:
-            from .embedded import EmbeddedServices
+            from cognitude.embedded import EmbeddedServices
 
             data_dir = Path(cfg.data_dir)
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +301,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     services = None
     dsn = cfg.postgres.dsn
     if cfg.embedded_postgres:
-        from .embedded import EmbeddedServices
+        from cognitude.embedded import EmbeddedServices
 
         services = EmbeddedServices(Path(cfg.data_dir), redis=False, postgres=True)
         services.start()
@@ -318,7 +318,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
-    from .mock_upstream import serve
+    from cognitude.mock_upstream import serve
 
     _exit_cleanly_on_signals()
     # --fd: a listening socket inherited from `serve --with-mock`, which bound the port.

@@ -19,6 +19,14 @@ log = logging.getLogger("cognitude.db")
 
 _T = TypeVar("_T")
 
+# Any failure of a query: refused by the server, the connection broken, timed out.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# Postgres unreachable (as opposed to a query it refused): a retryable 503, not a 500 or 400.
+DB_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # pg_advisory_lock key for the migration runner: an arbitrary constant ("cogmigr" in ASCII).
 MIGRATION_LOCK = 0x636F676D696772

@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .state import AppState
+from cognitude.state import AppState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import __version__
+from cognitude import __version__
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -8,16 +8,16 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
-from .accounting import Accountant
-from .analytics import RecentRefreshes
-from .auth import KeyCache
-from .cache_key import ValueCodec
-from .cold_cache import ColdCache
-from .config import Config, Secrets
-from .deadlines import Deadlines
-from .gate import Gate, Outage, UsageReader
-from .redis_pipe import RedisPipe
-from .upstream import Providers
+from cognitude.analytics.usage_report import RecentRefreshes
+from cognitude.cache.cache_key import ValueCodec
+from cognitude.cache.cold_cache import ColdCache
+from cognitude.config import Config, Secrets
+from cognitude.gate.gate import Gate, Outage, UsageReader
+from cognitude.gate.redis_pipe import RedisPipe
+from cognitude.identity.keycache import KeyCache
+from cognitude.ledger.accounting import Accountant
+from cognitude.providers.deadlines import Deadlines
+from cognitude.providers.upstream import Providers
 
 
 @dataclass(slots=True)

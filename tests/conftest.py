@@ -26,8 +26,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from cognitude import db
-from cognitude.auth import create_org, new_key, store_key
 from cognitude.embedded import EmbeddedServices
+from cognitude.identity.apikeys import create_org, new_key, store_key
 from cognitude.mock_upstream import MockUpstream
 from cognitude.mock_upstream.state import DEFAULT_HUGE_BYTES, DEFAULT_REDIRECT
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from cognitude.usage import COLUMNS, UsageRecord
+from cognitude.ledger.usage import COLUMNS, UsageRecord
 
 
 def rec(org: str, ts: datetime, model: str | None = "gpt-4o-mini",

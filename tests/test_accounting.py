@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from cognitude.answers import usage_of
+from cognitude.providers.answers import usage_of
 
 USAGE = {"prompt_tokens": 15, "completion_tokens": 18, "total_tokens": 33,
          "prompt_tokens_details": {"cached_tokens": 0}}
@@ -61,9 +61,9 @@ async def test_a_stream_without_usage_is_counted_off_the_event_loop(monkeypatch)
     import threading
     from time import perf_counter
 
-    from cognitude import tokens
-    from cognitude.accounting import Accountant, RequestLog
-    from cognitude.sse import StreamAccumulator
+    from cognitude.hotpath.sse import StreamAccumulator
+    from cognitude.ledger import tokens
+    from cognitude.ledger.accounting import Accountant, RequestLog
 
     threads: list[threading.Thread] = []
     real = tokens.count_text

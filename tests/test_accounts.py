@@ -20,10 +20,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from cognitude.app import CognitudeApp
-from cognitude.auth import new_key
 from cognitude.config import parse
+from cognitude.identity.apikeys import new_key
+from cognitude.identity.passwords import verify_password
 from cognitude.management.accounts import OPENAPI_PATHS, ROUTES
-from cognitude.management.passwords import verify_password
 from cognitude.mock_upstream import MockUpstream
 from tests.conftest import assert_openai_error
 

@@ -17,13 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cognitude import maintenance
-from cognitude.analytics import RecentRefreshes, analytics_usage, usage_report
+from cognitude.analytics.usage_report import RecentRefreshes, usage_report
 from cognitude.app import error_response
-from cognitude.auth import KeyCache
 from cognitude.config import Config, Secrets
 from cognitude.errors import ProxyError
-from cognitude.maintenance import Maintenance
+from cognitude.identity.keycache import KeyCache
+from cognitude.ledger import maintenance
+from cognitude.ledger.maintenance import Maintenance
+from cognitude.management.analytics import analytics_usage
 from tests.conftest import assert_openai_error
 from tests.ledger_rows import insert, rec
 
@@ -190,7 +191,7 @@ async def test_reads_do_not_rewrite_the_rollup_on_every_get(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The freshness refresh writes; a dashboard polling the endpoint must not turn every
     GET into a rollup write (at most one per REFRESH_EVERY_S per org)."""
-    from cognitude import analytics
+    from cognitude.analytics import usage_report as analytics
 
     calls: list[str] = []
     real = analytics.refresh_org

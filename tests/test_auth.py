@@ -8,7 +8,7 @@ import hashlib
 import asyncpg
 import httpx
 
-from cognitude.auth import hash_key, new_key
+from cognitude.identity.apikeys import hash_key, new_key
 from tests.conftest import assert_openai_error, chat
 
 
@@ -100,7 +100,7 @@ async def test_revocation_reaches_every_replica_within_a_second(
         proxy_factory, org_factory, pg_dsn, redis_client, mock):
     """Two proxies trusting their key cache for 60 s; a revocation published on the
     invalidation channel stops the key on both at once."""
-    from cognitude.keys import INVALIDATION_CHANNEL
+    from cognitude.gate.keys import INVALIDATION_CHANNEL
 
     # Other proxies of the session (the shared one) may be subscribed too.
     (_, others), = await redis_client.pubsub_numsub(INVALIDATION_CHANNEL)
@@ -135,7 +135,7 @@ async def test_revocation_reaches_every_replica_within_a_second(
 
 def test_key_cache_trusts_entries_briefly_without_a_subscription():
     from cognitude import config
-    from cognitude.auth import UNSUBSCRIBED_TTL_S, KeyCache
+    from cognitude.identity.keycache import UNSUBSCRIBED_TTL_S, KeyCache
 
     cfg = config.parse({"auth": {"key_cache_ttl_s": 30.0}}, "x", env={})
     cache = KeyCache(cfg, config.read_secrets(cfg, env={}), None)
@@ -150,8 +150,8 @@ class ScriptedKeyCache:
     @staticmethod
     def make(ttl: float = 10.0):
         from cognitude import config
-        from cognitude.auth import KeyCache, KeyInfo
-        from cognitude.gate import Limits
+        from cognitude.gate.gate import Limits
+        from cognitude.identity.keycache import KeyCache, KeyInfo
 
         class Scripted(KeyCache):
             __slots__ = ("calls", "gate", "fail")
@@ -193,7 +193,7 @@ async def test_a_request_giving_up_does_not_cancel_the_shared_lookup():
 
 
 async def test_an_entry_in_use_is_renewed_before_it_expires_without_waiting():
-    from cognitude.auth import REFRESH_AHEAD
+    from cognitude.identity.keycache import REFRESH_AHEAD
 
     cache = ScriptedKeyCache.make(ttl=10.0)
     cache.gate.set()
@@ -269,7 +269,7 @@ async def test_close_cancels_the_lookups_still_running():
 async def test_a_full_key_cache_evicts_the_least_recently_used_not_everything(monkeypatch):
     """A flood of distinct (unknown) keys once cleared the whole cache, sending every key in
     use back to Postgres at once; now only the least recently used entries go."""
-    from cognitude import auth
+    from cognitude.identity import keycache as auth
 
     monkeypatch.setattr(auth, "MAX_CACHED_KEYS", 3)
     cache = ScriptedKeyCache.make()

@@ -8,7 +8,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from cognitude import cache_key, keys
+from cognitude.cache import cache_key
+from cognitude.gate import keys
 from tests.conftest import chat
 
 
@@ -131,7 +132,7 @@ async def test_cold_tier_is_read_only_after_redis_lost_data(client, org_factory,
 def test_the_write_queue_is_bounded_in_bytes_too():
     """A slow Postgres must not grow the process by the size of every answer meanwhile: the
     queue holds at most queue_max_bytes of values (and queue_max entries)."""
-    from cognitude.cold_cache import ColdCache
+    from cognitude.cache.cold_cache import ColdCache
 
     pool: Any = None  # put() never touches Postgres
     cold = ColdCache(pool, flush_interval_ms=200, queue_max=1000, read_timeout_ms=50,

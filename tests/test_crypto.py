@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cognitude.crypto import NONCE_BYTES, DecryptionError, decrypt, encrypt, row_aad
+from cognitude.identity.crypto import NONCE_BYTES, DecryptionError, decrypt, encrypt, row_aad
 
 KEY = os.urandom(32)
 SECRET = "sk-test-0123456789abcdefghij"

@@ -7,7 +7,7 @@ import socket
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from cognitude.egress import EgressRefused, GuardedResolver
+from cognitude.providers.egress import EgressRefused, GuardedResolver
 
 
 class Fixed(AbstractResolver):

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from cognitude import keys
+from cognitude.gate import keys
 from tests.conftest import assert_openai_error, chat
 from tests.tcp_relay import TcpRelay
 

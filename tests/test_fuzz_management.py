@@ -17,7 +17,7 @@ import jsonschema_rs
 import schemathesis
 from schemathesis.generation import GenerationMode
 
-from cognitude.auth import new_key
+from cognitude.identity.apikeys import new_key
 from cognitude.openapi import ERROR_SCHEMA
 
 ADMIN_KEY = new_key()

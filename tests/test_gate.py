@@ -19,10 +19,10 @@ import pytest
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from cognitude import keys
-from cognitude.gate import GATE_LUA_PATH, Gate, GateResult, Limits
-from cognitude.lua_script import strip_shebang as _strip_shebang
-from cognitude.redis_pipe import RedisPipe
+from cognitude.gate import keys
+from cognitude.gate.gate import GATE_LUA_PATH, Gate, GateResult, Limits
+from cognitude.gate.lua_script import strip_shebang as _strip_shebang
+from cognitude.gate.redis_pipe import RedisPipe
 
 W_MS = (60_000, 3_600_000, 86_400_000)
 G_MS = (1_000, 60_000, 900_000)

@@ -285,7 +285,7 @@ async def test_queue_overflow_spills_then_replays_exactly(proxy_factory, org_fac
 
 async def test_client_disconnect_mid_stream_is_billed_for_what_it_got(
         client, org_factory, pg_dsn, mock):
-    pytest.importorskip("cognitude.tokens")
+    pytest.importorskip("cognitude.ledger.tokens")
     org = await org_factory()
     mock.configure(chunk_delay_ms=100)
     words = " ".join(f"w{i}" for i in range(30))

@@ -17,7 +17,7 @@ import httpx
 import jsonschema_rs
 import pytest
 
-from cognitude.auth import new_key
+from cognitude.identity.apikeys import new_key
 from cognitude.management import limits
 from cognitude.mock_upstream import MockUpstream
 from tests.conftest import Proxy, assert_openai_error, chat, start_proxy, stop_proxy

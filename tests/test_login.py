@@ -22,9 +22,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from cognitude.app import CognitudeApp
-from cognitude.auth import new_key
 from cognitude.config import parse
-from cognitude.management import passwords
+from cognitude.identity import passwords
+from cognitude.identity.apikeys import new_key
 from cognitude.mock_upstream import MockUpstream
 from tests.conftest import assert_openai_error
 

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cognitude import maintenance
-from cognitude.maintenance import ROLLUP_LOCK, Maintenance
+from cognitude.ledger import maintenance
+from cognitude.ledger.maintenance import ROLLUP_LOCK, Maintenance
 from tests.ledger_rows import insert, rec
 
 # A private leader-lock key: a proxy started by other tests runs its own Maintenance with

@@ -10,8 +10,9 @@ import os
 import asyncpg
 import httpx
 
-from cognitude import cache_key, keys
-from cognitude.auth import hash_key
+from cognitude.cache import cache_key
+from cognitude.gate import keys
+from cognitude.identity.apikeys import hash_key
 from tests.conftest import assert_openai_error, chat, sql
 
 ENC = {"COGNITUDE_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode()}

@@ -22,12 +22,12 @@ import asyncpg
 import pytest
 from starlette.testclient import TestClient
 
-from cognitude import keys
 from cognitude.app import CognitudeApp
 from cognitude.config import parse
-from cognitude.credentials import load_org_credentials
-from cognitude.crypto import DecryptionError, decrypt, row_aad
-from cognitude.gate import Limits
+from cognitude.gate import keys
+from cognitude.gate.gate import Limits
+from cognitude.identity.credentials import load_org_credentials
+from cognitude.identity.crypto import DecryptionError, decrypt, row_aad
 from cognitude.management import cache_settings, limits, providers
 from cognitude.mock_upstream import MockUpstream
 from tests.conftest import Org, assert_openai_error, make_org

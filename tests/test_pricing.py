@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from cognitude.pricing import TIERS, load_catalog
+from cognitude.ledger.pricing import TIERS, load_catalog
 
 
 def test_shipped_catalog_has_the_common_models() -> None:

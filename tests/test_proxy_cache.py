@@ -9,8 +9,9 @@ import time
 import httpx
 import orjson
 
-from cognitude import cache_key, keys
-from cognitude.proxy import RequestIds, _timing
+from cognitude.cache import cache_key
+from cognitude.gate import keys
+from cognitude.hotpath.respond import RequestIds, _timing
 from tests.conftest import CommandMonitor, chat
 
 

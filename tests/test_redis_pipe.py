@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cognitude.redis_pipe import DEFER_MAX_BYTES, DEFER_S, RedisPipe, encode, supports
+from cognitude.gate.redis_pipe import DEFER_MAX_BYTES, DEFER_S, RedisPipe, encode, supports
 from tests.conftest import free_port
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from cognitude.sse import DONE, StreamAccumulator, replay
+from cognitude.hotpath.sse import DONE, StreamAccumulator, replay
 
 
 def events(words: int, usage: bool = True) -> list[bytes]:

@@ -24,10 +24,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.testclient import TestClient
 
-from cognitude import keys
 from cognitude.app import CognitudeApp
 from cognitude.config import parse
 from cognitude.errors import RateLimited, ServiceUnavailable
+from cognitude.gate import keys
 from cognitude.management import throttle
 from cognitude.mock_upstream import MockUpstream
 from tests.conftest import assert_openai_error, free_port

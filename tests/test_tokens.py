@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cognitude import tokens
+from cognitude.ledger import tokens
 
 # text -> (cl100k_base, o200k_base)
 KNOWN: dict[str, tuple[int, int]] = {

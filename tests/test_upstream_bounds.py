@@ -11,8 +11,8 @@ import time
 import httpx
 import orjson
 
-from cognitude import cache_key
-from cognitude.cache_key import ValueCodec
+from cognitude.cache import cache_key
+from cognitude.cache.cache_key import ValueCodec
 from cognitude.mock_upstream import MockUpstream
 from tests.conftest import assert_openai_error, chat
 

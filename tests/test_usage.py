@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cognitude.usage import COLUMNS, UsageRecord, UsageWriter
+from cognitude.ledger.usage import COLUMNS, UsageRecord, UsageWriter
 from tests.conftest import free_port
 
 

@@ -11,8 +11,8 @@ package (``config.secrets``) is the only place that reads them.
 
 from __future__ import annotations
 
-from .loader import _SECTIONS, load, parse
-from .schema import (
+from cognitude.config.loader import _SECTIONS, load, parse
+from cognitude.config.schema import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
     AlertsConfig,
@@ -31,7 +31,7 @@ from .schema import (
     UpstreamConfig,
     UsageConfig,
 )
-from .secrets import (
+from cognitude.config.secrets import (
     Secrets,
     ensure_dev_encryption_key,
     export_env,

@@ -15,7 +15,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from .schema import (
+from cognitude.config.schema import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
     AlertsConfig,
@@ -33,7 +33,7 @@ from .schema import (
     UpstreamConfig,
     UsageConfig,
 )
-from .secrets import secret_env_names
+from cognitude.config.secrets import secret_env_names
 
 _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
@@ -287,7 +287,9 @@ def parse(raw: dict[str, Any], source: str, env: typing.Mapping[str, str] | None
 
 
 def _prices(value: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
-    from ..pricing import load_catalog  # the catalog's own validation names model and field
+    from cognitude.ledger.pricing import (
+        load_catalog,  # the catalog's own validation names model and field
+    )
 
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ConfigError('prices: expected tables [prices."<model>"]')

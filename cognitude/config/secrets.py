@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from .schema import ENV_PREFIX, Config, ConfigError, StaticKey
+from cognitude.config.schema import ENV_PREFIX, Config, ConfigError, StaticKey
 
 
 @dataclass(frozen=True, slots=True)

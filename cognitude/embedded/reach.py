@@ -33,9 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .binaries import InstallTree, postgres_install_tree
-from .errors import EmbeddedServiceError
-from .spawn import FALLBACK_USER, _RunAs
+from cognitude.embedded.binaries import InstallTree, postgres_install_tree
+from cognitude.embedded.errors import EmbeddedServiceError
+from cognitude.embedded.spawn import FALLBACK_USER, _RunAs
 
 log = logging.getLogger("cognitude.embedded")
 

@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .binaries import find_postgres_bindir, find_valkey_binary
-from .errors import EmbeddedServiceError, _StartupFailed
-from .postgres import (
+from cognitude.embedded.binaries import find_postgres_bindir, find_valkey_binary
+from cognitude.embedded.errors import EmbeddedServiceError, _StartupFailed
+from cognitude.embedded.postgres import (
     PG_DATABASE,
     PG_USER,
     _chown_tree,
@@ -31,9 +31,9 @@ from .postgres import (
     _initdb,
     _postgres_argv,
 )
-from .probes import _ensure_database, _postgres_ready, _valkey_ping, _wait_ready
-from .reach import cluster_dir, reachable_bindir
-from .spawn import STOP_TIMEOUT, _postgres_run_as, _spawn
+from cognitude.embedded.probes import _ensure_database, _postgres_ready, _valkey_ping, _wait_ready
+from cognitude.embedded.reach import cluster_dir, reachable_bindir
+from cognitude.embedded.spawn import STOP_TIMEOUT, _postgres_run_as, _spawn
 
 log = logging.getLogger("cognitude.embedded")  # the name it had as a single module
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import EmbeddedServiceError
+from cognitude.embedded.errors import EmbeddedServiceError
 
 _T = TypeVar("_T")
 

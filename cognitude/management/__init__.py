@@ -1,1 +1,2 @@
-"""The management API: organizations, API keys, provider credentials, limits and settings."""
+"""The management API, HTTP endpoints only: organizations, API keys, provider credentials,
+limits, cache settings, analytics; what they share is in ``common`` and ``guards``."""

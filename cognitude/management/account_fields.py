@@ -11,9 +11,8 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..api import field
-from ..errors import InvalidRequest, NotFound
-from .accounts_openapi import (
+from cognitude.errors import InvalidRequest, NotFound
+from cognitude.management.accounts_openapi import (
     EMAIL_MAX,
     EMAIL_PATTERN,
     EXPIRES_AT_MAX_LEN,
@@ -21,6 +20,7 @@ from .accounts_openapi import (
     PASSWORD_MAX,
     PASSWORD_MIN,
 )
+from cognitude.management.common import field
 
 # Deliberately simple (one @, no whitespace or control characters, a dot in the domain):
 # deliverability is the mail server's business, this only catches typos and junk. The same

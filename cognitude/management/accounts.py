@@ -26,9 +26,7 @@ timing tells which emails are registered.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import wraps
 from typing import Any
 
 import asyncpg
@@ -36,21 +34,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import keys
-from ..api import field, json_body, json_response, reject_unknown
-from ..auth import DISABLED_MESSAGE, hash_key, new_key, require_admin, require_key
-from ..errors import (
+from cognitude.db import DB_UNREACHABLE
+from cognitude.errors import (
     AuthenticationError,
     NotFound,
     OrganizationDisabled,
     PermissionDenied,
     ProxyError,
-    ServiceUnavailable,
 )
-from ..invalidation import publish
-from ..state import AppState
-from . import throttle
-from .account_fields import (
+from cognitude.gate import keys
+from cognitude.identity.apikeys import hash_key, new_key
+from cognitude.identity.invalidation import publish
+from cognitude.identity.keycache import DISABLED_MESSAGE
+from cognitude.identity.passwords import check_password, hash_password, verify_password
+from cognitude.management import throttle
+from cognitude.management.account_fields import (
     email_field,
     expiry_field,
     opt_int_field,
@@ -58,7 +56,7 @@ from .account_fields import (
     path_id,
     text_field,
 )
-from .accounts_openapi import (
+from cognitude.management.accounts_openapi import (
     KEY_NAME_MAX,
     LIMIT_FIELDS,
     LIMIT_MAX,
@@ -66,8 +64,18 @@ from .accounts_openapi import (
     OPENAPI_PATHS,
     PASSWORD_MAX,
 )
-from .limits import check_nested
-from .passwords import check_password, hash_password, verify_password
+from cognitude.management.common import (
+    field,
+    json_body,
+    json_response,
+    pool,
+    reject_unknown,
+    state,
+    with_db_errors,
+)
+from cognitude.management.guards import require_admin, require_key
+from cognitude.management.limits import check_nested
+from cognitude.state import AppState
 
 __all__ = ["ROUTES", "OPENAPI_PATHS", "Conflict", "hash_password", "verify_password"]
 
@@ -78,37 +86,6 @@ class Conflict(ProxyError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
-
-
-# ---------------------------------------------------------------- plumbing
-
-def _state(request: Request) -> AppState:
-    return request.app.state.cognitude
-
-
-def _pool(st: AppState) -> asyncpg.Pool:
-    if st.pg is None:
-        raise ServiceUnavailable("The management API needs Postgres, which is not configured.")
-    return st.pg
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-_DB_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-            asyncpg.CannotConnectNowError)
-
-
-def _db_errors(handler: Handler) -> Handler:
-    """Postgres unreachable → 503 (retryable) instead of the catch-all 500."""
-
-    @wraps(handler)
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except _DB_DOWN as exc:
-            raise ServiceUnavailable(
-                f"Database unavailable ({type(exc).__name__}); retry shortly.") from None
-
-    return wrapper
 
 
 _KEY_COLUMNS = ("id, name, prefix, created_at, expires_at, revoked_at, "
@@ -152,9 +129,9 @@ async def _throttle(st: AppState, key: str, limit: int, what: str) -> None:
 
 # ---------------------------------------------------------------- self-service
 
-@_db_errors
+@with_db_errors
 async def register(request: Request) -> Response:
-    st = _state(request)
+    st = state(request)
     if not st.cfg.auth.allow_registration:
         raise PermissionDenied("Registration is disabled on this deployment; ask the operator "
                                "for an API key.", code="registration_disabled")
@@ -167,14 +144,14 @@ async def register(request: Request) -> Response:
     name = text_field(doc, "name", NAME_MAX)
     email = email_field(doc, required=True)
     password = password_field(doc)
-    pool = _pool(st)
+    db = pool(st)
     # Cheap early answer for the common duplicate, before paying for the KDF; the unique
     # index below still settles a race between two registrations.
-    if await pool.fetchval("SELECT 1 FROM organizations WHERE lower(email) = $1", email):
+    if await db.fetchval("SELECT 1 FROM organizations WHERE lower(email) = $1", email):
         raise _duplicate_email()
     pw_hash = await hash_password(password)
     key = new_key()
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         try:
             org_id = await conn.fetchval(
                 "INSERT INTO organizations (name, email, password_hash) VALUES ($1, $2, $3)"
@@ -188,11 +165,11 @@ async def register(request: Request) -> Response:
 _BAD_LOGIN = "Invalid email or password."
 
 
-@_db_errors
+@with_db_errors
 async def login(request: Request) -> Response:
     """A new key for the org whose email and password these are (allowed even when
     registration is off: the account exists already)."""
-    st = _state(request)
+    st = state(request)
     limit = st.cfg.auth.login_per_hour
     await _throttle(st, keys.login_throttle_key(throttle.client_address(request)), limit,
                     "login attempts from this address")
@@ -208,11 +185,11 @@ async def login(request: Request) -> Response:
     # gives it back, so even concurrent guesses never get more than `limit` wrong tries.
     failures = keys.login_failures_key(hashlib.sha256(email.encode()).hexdigest())
     await _throttle(st, failures, limit, "failed logins for this email")
-    pool = _pool(st)
+    db = pool(st)
     try:
-        org = await pool.fetchrow("SELECT id, password_hash, disabled FROM organizations"
+        org = await db.fetchrow("SELECT id, password_hash, disabled FROM organizations"
                                   " WHERE lower(email) = $1", email)
-    except _DB_DOWN:
+    except DB_UNREACHABLE:
         await throttle.refund(st.redis, failures)  # nothing was guessed
         raise
     if not await check_password(org["password_hash"] if org is not None else None, password):
@@ -221,7 +198,7 @@ async def login(request: Request) -> Response:
     if org["disabled"]:
         raise OrganizationDisabled(DISABLED_MESSAGE)
     key = new_key()
-    async with pool.acquire() as conn:
+    async with db.acquire() as conn:
         try:
             row = await _insert_key(conn, org["id"], key, key_name)
         except asyncpg.ForeignKeyViolationError:
@@ -231,7 +208,7 @@ async def login(request: Request) -> Response:
                          201)
 
 
-@_db_errors
+@with_db_errors
 async def create_key(request: Request) -> Response:
     info = await require_key(request)
     doc = await json_body(request)
@@ -241,7 +218,7 @@ async def create_key(request: Request) -> Response:
     rpm, rph, rpd = (opt_int_field(doc, f, LIMIT_MAX) for f in LIMIT_FIELDS)
     check_nested(dict(zip(LIMIT_FIELDS, (rpm, rph, rpd), strict=True)), LIMIT_FIELDS)
     key = new_key()
-    async with _pool(_state(request)).acquire() as conn:
+    async with pool(state(request)).acquire() as conn:
         try:
             row = await _insert_key(conn, info.org_id, key, name, expires_at,
                                     (rpm, rph, rpd))
@@ -251,23 +228,23 @@ async def create_key(request: Request) -> Response:
     return json_response({**_key_view(row), "api_key": key}, 201)
 
 
-@_db_errors
+@with_db_errors
 async def list_keys(request: Request) -> Response:
     info = await require_key(request)
-    rows = await _pool(_state(request)).fetch(
+    rows = await pool(state(request)).fetch(
         f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE org_id = $1 ORDER BY created_at, id",
         info.org_id)
     return json_response({"object": "list", "data": [_key_view(r) for r in rows]})
 
 
-@_db_errors
+@with_db_errors
 async def revoke_key(request: Request) -> Response:
     info = await require_key(request)
     key_id = path_id(request, "key_id", "API key")
-    st = _state(request)
+    st = state(request)
     # The org filter is the isolation: another org's id matches no row, so it is a 404
     # exactly like an id that never existed. COALESCE keeps the first revocation time.
-    key_hash = await _pool(st).fetchval(
+    key_hash = await pool(st).fetchval(
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())"
         " WHERE id = $1 AND org_id = $2 RETURNING key_hash", key_id, info.org_id)
     if key_hash is None:
@@ -292,7 +269,7 @@ def _org_view(row: asyncpg.Record) -> dict[str, Any]:
             "created_at": row["created_at"], "key_count": row["key_count"]}
 
 
-@_db_errors
+@with_db_errors
 async def admin_create_org(request: Request) -> Response:
     require_admin(request)
     doc = await json_body(request)
@@ -300,7 +277,7 @@ async def admin_create_org(request: Request) -> Response:
     name = text_field(doc, "name", NAME_MAX)
     email = email_field(doc, required=False)
     key = new_key()
-    async with _pool(_state(request)).acquire() as conn, conn.transaction():
+    async with pool(state(request)).acquire() as conn, conn.transaction():
         try:
             org_id = await conn.fetchval(
                 "INSERT INTO organizations (name, email) VALUES ($1, $2) RETURNING id",
@@ -311,10 +288,10 @@ async def admin_create_org(request: Request) -> Response:
     return json_response({"organization_id": org_id, "api_key": key}, 201)
 
 
-@_db_errors
+@with_db_errors
 async def admin_list_orgs(request: Request) -> Response:
     require_admin(request)
-    rows = await _pool(_state(request)).fetch(
+    rows = await pool(state(request)).fetch(
         f"SELECT {_ORG_COLUMNS} FROM organizations o ORDER BY o.created_at, o.id")
     return json_response({"object": "list", "data": [_org_view(r) for r in rows]})
 
@@ -322,8 +299,8 @@ async def admin_list_orgs(request: Request) -> Response:
 async def _set_disabled(request: Request, disabled: bool) -> Response:
     require_admin(request)
     org_id = path_id(request, "org_id", "organization")
-    st = _state(request)
-    row = await _pool(st).fetchrow(
+    st = state(request)
+    row = await pool(st).fetchrow(
         f"UPDATE organizations o SET disabled = $2 WHERE o.id = $1 RETURNING {_ORG_COLUMNS}",
         org_id, disabled)
     if row is None:
@@ -336,12 +313,12 @@ async def _set_disabled(request: Request, disabled: bool) -> Response:
     return json_response(_org_view(row))
 
 
-@_db_errors
+@with_db_errors
 async def admin_disable_org(request: Request) -> Response:
     return await _set_disabled(request, True)
 
 
-@_db_errors
+@with_db_errors
 async def admin_enable_org(request: Request) -> Response:
     return await _set_disabled(request, False)
 

@@ -18,13 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..api import field, json_body, json_response, reject_unknown
-from ..auth import require_key
-from ..config import CacheConfig, Config
-from ..errors import InvalidRequest
-from ..invalidation import publish
-from ..state import AppState
-from .limits import db_errors, error_responses, pool
+from cognitude.config import CacheConfig, Config
+from cognitude.errors import InvalidRequest
+from cognitude.identity.invalidation import publish
+from cognitude.management.common import field, json_body, json_response, reject_unknown, state
+from cognitude.management.guards import require_key
+from cognitude.management.limits import db_errors, error_responses, pool
 
 _FIELDS = ("enabled", "ttl_s", "only_deterministic")
 
@@ -63,13 +62,10 @@ def effective(defaults: CacheConfig,
     }
 
 
-def _state(request: Request) -> AppState:
-    return request.app.state.cognitude
-
 
 async def get_cache_config(request: Request) -> Response:
     info = await require_key(request)
-    st = _state(request)
+    st = state(request)
     with db_errors():
         row = await org_cache_settings(pool(st), info.org_id)
     return json_response(effective(st.cfg.cache, row))
@@ -77,7 +73,7 @@ async def get_cache_config(request: Request) -> Response:
 
 async def put_cache_config(request: Request) -> Response:
     info = await require_key(request)
-    st = _state(request)
+    st = state(request)
     doc = await json_body(request)
     reject_unknown(doc, frozenset(_FIELDS))
     if not doc:

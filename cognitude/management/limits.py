@@ -28,30 +28,36 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Any
 
 import asyncpg
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import keys
-from ..api import field, json_body, json_response, reject_unknown
-from ..auth import require_admin, require_key
-from ..config import Config
-from ..errors import (
+from cognitude.config import Config
+from cognitude.errors import (
     AuthenticationError,
     InvalidRequest,
     NotFound,
     PermissionDenied,
-    ServiceUnavailable,
 )
-from ..invalidation import publish
-from ..state import AppState
+from cognitude.gate import keys
+from cognitude.identity.invalidation import publish
+from cognitude.management.common import (
+    db_errors,
+    error_responses,
+    field,
+    json_body,
+    json_response,
+    pool,
+    redis_errors,
+    reject_unknown,
+    state,
+)
+from cognitude.management.guards import require_admin, require_key
 
 MAX_LIMIT = 10**9
 MAX_ORG_ID_LEN = 200
@@ -67,41 +73,6 @@ _DEL_BATCH = 1000
 # ---- shared by the management modules ----------------------------------------------------
 
 
-def pool(st: AppState) -> asyncpg.Pool:
-    if st.pg is None:
-        raise ServiceUnavailable("This endpoint needs Postgres, which is not configured.")
-    return st.pg
-
-
-@contextlib.contextmanager
-def db_errors() -> Iterator[None]:
-    """Postgres unreachable → 503 (retryable), not an opaque 500."""
-    try:
-        yield
-    except (OSError, TimeoutError, asyncpg.InterfaceError,
-            asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError):
-        raise ServiceUnavailable("The database is unavailable; retry shortly.") from None
-
-
-@contextlib.contextmanager
-def redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError):
-        raise ServiceUnavailable("Redis is unavailable; retry shortly.") from None
-
-
-_ERROR_TEXT = {400: "Invalid request", 401: "Missing or invalid API key",
-               403: "Forbidden", 404: "Not found", 413: "Request body too large",
-               503: "A backing service is unavailable"}
-
-
-def error_responses(*statuses: int) -> dict[str, Any]:
-    """OpenAPI responses for our error statuses, all the OpenAI error envelope."""
-    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    return {str(s): {"description": _ERROR_TEXT[s], "content": ref} for s in statuses}
-
-
 def check_nested(values: dict[str, int | None], given: Collection[str]) -> None:
     """400 unless the windows that are set nest (minute <= hour <= day). The field blamed is
     the smaller window when the request gave it, else the larger one."""
@@ -112,9 +83,6 @@ def check_nested(values: dict[str, int | None], given: Collection[str]) -> None:
                 f"Windows must nest: `{small}` ({low}) is above `{large}` ({high}).",
                 param=small if small in given else large)
 
-
-def _state(request: Request) -> AppState:
-    return request.app.state.cognitude
 
 
 def _is_operator(request: Request) -> bool:
@@ -179,14 +147,14 @@ def _apply(cfg: Config, stored: dict[str, int | None], given: dict[str, int | No
 
 async def get_limits(request: Request) -> Response:
     info = await require_key(request)
-    st = _state(request)
+    st = state(request)
     with db_errors():
         row = await pool(st).fetchrow(_SELECT, info.org_id)
     return json_response(_view(st.cfg, row))
 
 
 async def put_limits(request: Request) -> Response:
-    st = _state(request)
+    st = state(request)
     # Who is calling decides what is allowed, and is settled before the body is read.
     info = None if _is_operator(request) else await require_key(request)
     doc = await json_body(request)
@@ -219,7 +187,7 @@ async def put_limits(request: Request) -> Response:
 
 async def get_usage(request: Request) -> Response:
     info = await require_key(request)
-    st = _state(request)
+    st = state(request)
     limits: tuple[int, ...]
     if info.key_id.startswith("static:"):
         # Keys declared in config.toml carry their own limits and never read Postgres.
@@ -242,7 +210,7 @@ async def get_usage(request: Request) -> Response:
 
 async def reset_limits(request: Request) -> Response:
     require_admin(request)
-    st = _state(request)
+    st = state(request)
     doc = await json_body(request)
     reject_unknown(doc, {"organization_id"})
     org_id = field(doc, "organization_id", str, max_len=MAX_ORG_ID_LEN)

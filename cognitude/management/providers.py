@@ -31,14 +31,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..api import field, json_body, json_response, reject_unknown
-from ..auth import require_key
-from ..crypto import DecryptionError, decrypt, encrypt, row_aad
-from ..egress import address_of, is_public
-from ..errors import InvalidRequest, NotFound, ServiceUnavailable
-from ..invalidation import publish
-from ..state import AppState
-from .limits import db_errors, error_responses, pool
+from cognitude.errors import InvalidRequest, NotFound, ServiceUnavailable
+from cognitude.identity.crypto import DecryptionError, decrypt, encrypt, row_aad
+from cognitude.identity.invalidation import publish
+from cognitude.management.common import field, json_body, json_response, reject_unknown, state
+from cognitude.management.guards import require_key
+from cognitude.management.limits import db_errors, error_responses, pool
+from cognitude.providers.egress import address_of, is_public
+from cognitude.state import AppState
 
 log = logging.getLogger("cognitude.management.providers")
 
@@ -59,9 +59,6 @@ def mask(key: str) -> str:
     of a key."""
     return f"{key[:3]}…{key[-4:]}" if len(key) >= 16 else f"…{key[-2:]}"
 
-
-def _state(request: Request) -> AppState:
-    return request.app.state.cognitude
 
 
 def _encryption_key(st: AppState) -> bytes:
@@ -137,7 +134,7 @@ async def check_base_url(url: str, allow_private: bool) -> str:
 
 async def configure_provider(request: Request) -> Response:
     info = await require_key(request)
-    st = _state(request)
+    st = state(request)
     enc_key = _encryption_key(st)
     doc = await json_body(request)
     reject_unknown(doc, _FIELDS)
@@ -161,7 +158,7 @@ async def configure_provider(request: Request) -> Response:
 
 async def list_providers(request: Request) -> Response:
     info = await require_key(request)
-    st = _state(request)
+    st = state(request)
     enc_key = _encryption_key(st)
     with db_errors():
         rows = await pool(st).fetch(
@@ -186,7 +183,7 @@ async def list_providers(request: Request) -> Response:
 
 async def delete_provider(request: Request) -> Response:
     info = await require_key(request)
-    st = _state(request)
+    st = state(request)
     provider = request.path_params["provider"]
     if "\x00" in provider:  # cannot be stored, so cannot exist (and Postgres would raise)
         raise NotFound(f"No credentials configured for provider `{provider[:100]!r}`.",

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
-from ..errors import RateLimited, ServiceUnavailable
+from cognitude.errors import RateLimited, ServiceUnavailable
 
 log = logging.getLogger("cognitude.throttle")
 

@@ -41,9 +41,9 @@ control plane) and ``server`` (uvicorn: ``serve()`` and ``MockUpstream``).
 
 from __future__ import annotations
 
-from .app import MockApp, build_app
-from .openai_api import MODELS
-from .server import MockUpstream, serve
-from .state import FAIL_MODES, MockState
+from cognitude.mock_upstream.app import MockApp, build_app
+from cognitude.mock_upstream.openai_api import MODELS
+from cognitude.mock_upstream.server import MockUpstream, serve
+from cognitude.mock_upstream.state import FAIL_MODES, MockState
 
 __all__ = ["FAIL_MODES", "MODELS", "MockApp", "MockState", "MockUpstream", "build_app", "serve"]

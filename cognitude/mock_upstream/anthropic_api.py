@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from .protocol import (
+from cognitude.mock_upstream.protocol import (
     WORD,
     Reply,
     Response,

@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from . import failures
-from .asgi import Receive, Scope, Send, read_body, send_json
-from .protocol import error
-from .routes import Call, handle, refusal, respond
-from .state import CONFIG_KEYS, MockState
+from cognitude.mock_upstream import failures
+from cognitude.mock_upstream.asgi import Receive, Scope, Send, read_body, send_json
+from cognitude.mock_upstream.protocol import error
+from cognitude.mock_upstream.routes import Call, handle, refusal, respond
+from cognitude.mock_upstream.state import CONFIG_KEYS, MockState
 
 
 class MockApp:

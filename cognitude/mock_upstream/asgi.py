@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from .state import MockState
+    from cognitude.mock_upstream.state import MockState
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

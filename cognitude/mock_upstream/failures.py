@@ -27,7 +27,7 @@ Either way the queued failure is used up.
 
 from __future__ import annotations
 
-from .asgi import (
+from cognitude.mock_upstream.asgi import (
     Receive,
     Send,
     drop,
@@ -37,9 +37,9 @@ from .asgi import (
     send_raw,
     start_events,
 )
-from .protocol import Reply, error
-from .routes import CHAT, Call, handle, respond
-from .state import MockState
+from cognitude.mock_upstream.protocol import Reply, error
+from cognitude.mock_upstream.routes import CHAT, Call, handle, respond
+from cognitude.mock_upstream.state import MockState
 
 IMMEDIATE: dict[str, Reply] = {
     "429": error(

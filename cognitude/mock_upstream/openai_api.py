@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from . import protocol, response_format, tools
-from .protocol import (
+from cognitude.mock_upstream import protocol, response_format, tools
+from cognitude.mock_upstream.protocol import (
     WORD,
     Reply,
     Response,

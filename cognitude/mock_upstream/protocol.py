@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, TypeAlias
 
-from .asgi import Headers
+from cognitude.mock_upstream.asgi import Headers
 
 MAX_ECHO_CHARS = 200
 WORD = re.compile(r"\S+\s*")  # one "token" plus its trailing whitespace: pieces re-join exactly

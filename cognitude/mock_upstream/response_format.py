@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .protocol import Reply, bad_name, error, invalid_type, missing, text_of
-from .schema_values import example, object_root_problem, strict_problem
+from cognitude.mock_upstream.protocol import Reply, bad_name, error, invalid_type, missing, text_of
+from cognitude.mock_upstream.schema_values import example, object_root_problem, strict_problem
 
 TYPES = ("text", "json_object", "json_schema")
 PARAM = "response_format"

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import anthropic_api, openai_api
-from .asgi import Send, send_events, send_json
-from .protocol import Reply, Response, error
-from .state import MockState
+from cognitude.mock_upstream import anthropic_api, openai_api
+from cognitude.mock_upstream.asgi import Send, send_events, send_json
+from cognitude.mock_upstream.protocol import Reply, Response, error
+from cognitude.mock_upstream.state import MockState
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"

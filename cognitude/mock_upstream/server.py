@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from .app import MockApp, build_app
+from cognitude.mock_upstream.app import MockApp, build_app
 
 
 def _config(app: MockApp, **kw: Any) -> uvicorn.Config:

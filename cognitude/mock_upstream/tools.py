@@ -13,8 +13,15 @@ from typing import Any
 
 import orjson
 
-from .protocol import Reply, bad_name, empty_array, error, invalid_type, missing
-from .schema_values import example, object_root_problem, strict_problem
+from cognitude.mock_upstream.protocol import (
+    Reply,
+    bad_name,
+    empty_array,
+    error,
+    invalid_type,
+    missing,
+)
+from cognitude.mock_upstream.schema_values import example, object_root_problem, strict_problem
 
 CHOICES = ("none", "auto", "required")
 ARGUMENT_FRAGMENT = 8  # characters per streamed ``arguments`` delta, like a few tokens each

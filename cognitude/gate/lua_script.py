@@ -13,7 +13,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+# lua/ sits beside the package (cognitude/gate/lua_script.py → the checkout root).
+LUA_DIR = Path(__file__).resolve().parents[2] / "lua"
 
 
 def strip_shebang(source: str) -> str:

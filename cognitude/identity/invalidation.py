@@ -20,8 +20,8 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .auth import KeyCache
-from .keys import INVALIDATION_CHANNEL
+from cognitude.gate.keys import INVALIDATION_CHANNEL
+from cognitude.identity.keycache import KeyCache
 
 log = logging.getLogger("cognitude.invalidation")
 

@@ -37,6 +37,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
+from cognitude.db import DB_ERRORS
+
 log = logging.getLogger("cognitude.maintenance")
 
 # pg advisory lock keys: arbitrary constants ("cogmaint" / "cogrollu" in ASCII).
@@ -46,7 +48,6 @@ ROLLUP_LOCK = 0x636F67726F6C6C75
 ORG_LOCK_CLASS = 0x636F6772
 _HOUR = timedelta(hours=1)
 _FOREVER = datetime.max.replace(tzinfo=UTC)  # asyncpg encodes this as 'infinity'
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 # Per-row savings are baseline - cost; when either is unknown (unpriced model) the row counts
 # as no saving (baseline := cost), so an unpriced model never shows up as a 100% saving.
@@ -265,7 +266,7 @@ class Maintenance:
             finally:
                 # A broken connection already lost the lock (session lock); and the pool's
                 # reset on release runs pg_advisory_unlock_all() anyway.
-                with contextlib.suppress(*_DB_ERRORS):
+                with contextlib.suppress(*DB_ERRORS):
                     await conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
 
     async def _round(self, conn: asyncpg.Connection) -> RoundResult:
@@ -278,17 +279,17 @@ class Maintenance:
                 await conn.execute(f"SET LOCAL lock_timeout = {lock_ms}")
                 res.partitions_created = await conn.fetchval(
                     "SELECT cognitude_ensure_usage_partitions($1, 1)", self.days_ahead)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             self._failed(res, "partitions", exc)
         if keep_from is not None:
             try:
                 await self._drop_old(conn, keep_from.date(), lock_ms, res)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 self._failed(res, "retention", exc)
         try:
             res.rollup = await refresh_rollup(conn, lateness_s=self.lateness_s,
                                               keep_from=keep_from)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             self._failed(res, "rollup", exc)
         if res.partitions_created or res.partitions_dropped:
             log.info("usage partitions: %d created, dropped %s", res.partitions_created,

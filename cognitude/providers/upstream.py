@@ -20,16 +20,16 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from .answers import NotAnAnswer, checked_usage
-from .config import Config, ConfigError, Secrets
-from .egress import GuardedResolver
-from .errors import (
+from cognitude.config import Config, ConfigError, Secrets
+from cognitude.errors import (
     ModelNotFound,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamTimeout,
     error_body,
 )
+from cognitude.providers.answers import NotAnAnswer, checked_usage
+from cognitude.providers.egress import GuardedResolver
 
 # An error body is only ever shown in part (500 bytes), or passed through as a 4xx: a
 # megabyte is plenty, and bounds what a misbehaving upstream can make us hold.

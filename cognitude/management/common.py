@@ -1,4 +1,5 @@
-"""Helpers for the management API (Starlette routes): JSON in, validated fields, JSON out.
+"""What every management route shares: JSON in, validated fields, JSON out; the app's state;
+Postgres and Redis failures as 503; the OpenAPI error entries.
 
 Every failure is a ``ProxyError`` (rendered as OpenAI JSON by the app's handler) whose
 ``param`` names the offending field, so a client learns exactly what to fix.
@@ -6,13 +7,21 @@ Every failure is a ``ProxyError`` (rendered as OpenAI JSON by the app's handler)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from functools import wraps
 from typing import Any
 
+import asyncpg
 import orjson
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import InvalidRequest, PayloadTooLarge
+from cognitude.db import DB_UNREACHABLE
+from cognitude.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
+from cognitude.hotpath.request import parse_object
+from cognitude.state import AppState
 
 # Management bodies are small; a cap keeps a hostile client from making us buffer megabytes.
 MAX_JSON_BYTES = 64 * 1024
@@ -34,20 +43,6 @@ async def json_body(request: Request) -> dict[str, Any]:
             raise PayloadTooLarge(f"Request body exceeds {MAX_JSON_BYTES} bytes.")
         chunks.append(chunk)
     return parse_object(b"".join(chunks))
-
-
-def parse_object(raw: bytes) -> dict[str, Any]:
-    """``raw`` as a JSON object; 400 saying what is wrong otherwise (management routes and
-    the hot route alike)."""
-    if not raw:
-        raise InvalidRequest("Request body is empty; expected a JSON object.")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
-    return doc
 
 
 def reject_unknown(doc: dict[str, Any], known: set[str] | frozenset[str]) -> None:
@@ -97,3 +92,58 @@ def field(doc: dict[str, Any], name: str, type_: type, *, required: bool = True,
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean",
                dict: "an object", list: "an array"}
+
+
+def pool(st: AppState) -> asyncpg.Pool:
+    if st.pg is None:
+        raise ServiceUnavailable("This endpoint needs Postgres, which is not configured.")
+    return st.pg
+
+
+@contextlib.contextmanager
+def db_errors() -> Iterator[None]:
+    """Postgres unreachable → 503 (retryable), not an opaque 500."""
+    try:
+        yield
+    except DB_UNREACHABLE as exc:
+        raise ServiceUnavailable(
+            f"The database is unavailable ({type(exc).__name__}); retry shortly.") from None
+
+
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError):
+        raise ServiceUnavailable("Redis is unavailable; retry shortly.") from None
+
+
+_ERROR_TEXT = {400: "Invalid request", 401: "Missing or invalid API key",
+               403: "Forbidden", 404: "Not found", 413: "Request body too large",
+               503: "A backing service is unavailable"}
+
+
+def error_responses(*statuses: int) -> dict[str, Any]:
+    """OpenAPI responses for our error statuses, all the OpenAI error envelope."""
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {str(s): {"description": _ERROR_TEXT[s], "content": ref} for s in statuses}
+
+
+def state(request: Request) -> AppState:
+    """The resources the lifespan created (``AppState``), for a route."""
+    st: AppState = request.app.state.cognitude
+    return st
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def with_db_errors(handler: Handler) -> Handler:
+    """``db_errors`` around a whole route."""
+
+    @wraps(handler)
+    async def wrapper(request: Request) -> Response:
+        with db_errors():
+            return await handler(request)
+
+    return wrapper

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from .crypto import DecryptionError, decrypt, row_aad
+from cognitude.identity.crypto import DecryptionError, decrypt, row_aad
 
 log = logging.getLogger("cognitude.credentials")
 

@@ -109,7 +109,7 @@ class PriceCatalog:
 def load_catalog(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PriceCatalog:
     """The packaged catalog with ``overrides`` applied (a partial entry patches a shipped model;
     a new model needs every field). Raises ValueError naming the model and field at fault."""
-    text = resources.files("cognitude").joinpath("prices.toml").read_text(encoding="utf-8")
+    text = resources.files("cognitude.ledger").joinpath("prices.toml").read_text(encoding="utf-8")
     # parse_float=Decimal: "0.15" must stay exactly 0.15, not the nearest binary float.
     raw = tomllib.loads(text, parse_float=Decimal).get("models", {})
     entries: dict[str, dict[str, Any]] = {name: dict(e) for name, e in raw.items()}

@@ -27,13 +27,13 @@ from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cognitude import keys
-from cognitude.lua_script import LUA_DIR, LuaScript
+from cognitude.gate import keys
+from cognitude.gate.lua_script import LUA_DIR, LuaScript
 
 if TYPE_CHECKING:
     import redis.asyncio
 
-    from cognitude.redis_pipe import RedisPipe
+    from cognitude.gate.redis_pipe import RedisPipe
 
 log = logging.getLogger("cognitude.gate")
 

@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from time import monotonic, perf_counter
 from typing import Any
 
 import orjson
 from redis.exceptions import OutOfMemoryError, RedisError
 
-from . import cache_key, sse
-from .accounting import RequestLog, usage_of_counts
-from .api import parse_object
-from .auth import DISABLED_MESSAGE, CachePolicy, KeyInfo, token_from_headers
-from .errors import (
+from cognitude.cache import cache_key
+from cognitude.cache.policy import CachePolicy
+from cognitude.errors import (
     AuthenticationError,
     CredentialUnreadable,
-    InvalidRequest,
     MethodNotAllowed,
     OrganizationDisabled,
     PayloadTooLarge,
@@ -41,9 +37,22 @@ from .errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from .gate import REDIS_UNAVAILABLE, GateResult
-from .state import AppState
-from .upstream import (
+from cognitude.gate.gate import REDIS_UNAVAILABLE, GateResult
+from cognitude.hotpath import sse
+from cognitude.hotpath.request import ClientGone, _parse, _parse_ttl, read_body
+from cognitude.hotpath.respond import (
+    JSON_CT,
+    SSE_HEADERS,
+    RequestIds,
+    _limit_headers,
+    _stream_error,
+    _timing,
+    send_error,
+)
+from cognitude.identity.apikeys import token_from_headers
+from cognitude.identity.keycache import DISABLED_MESSAGE, KeyInfo
+from cognitude.ledger.accounting import RequestLog, usage_of_counts
+from cognitude.providers.upstream import (
     MAX_ERROR_BYTES,
     Provider,
     answer_usage,
@@ -51,105 +60,12 @@ from .upstream import (
     map_upstream_errors,
     read_capped,
 )
+from cognitude.state import AppState
 
 log = logging.getLogger("cognitude.proxy")
 
-JSON_CT = (b"content-type", b"application/json")
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    # Tell nginx-style buffers in front of us not to hold chunks back.
-    (b"x-accel-buffering", b"no"),
-]
-
 
 _WINDOW_NAMES = ("minute", "hour", "day")
-
-
-class ClientGone(Exception):
-    """The client disconnected before we answered; nothing to send."""
-
-
-async def read_body(receive: Any, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
-    msg = await receive()
-    if msg["type"] == "http.disconnect":
-        raise ClientGone
-    body = msg.get("body", b"")
-    if not msg.get("more_body"):
-        if len(body) > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = msg.get("body", b"")
-        parts.append(chunk)
-        size += len(chunk)
-        if not msg.get("more_body"):
-            break
-    if size > limit:
-        raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-    return b"".join(parts)
-
-
-class RequestIds:
-    """X-Request-ID (and ``usage_log.request_id``): 24 hex digits, unique per request.
-
-    A random 64-bit prefix per instance (so per worker process) and a 32-bit counter, the
-    prefix renewed when the counter wraps: unique without a ``getrandom`` syscall per
-    request. Consecutive ids of one worker are guessable, which nothing relies on: an id
-    only correlates a response with logs and the ledger, and grants nothing.
-    """
-
-    __slots__ = ("_prefix", "_next")
-
-    def __init__(self) -> None:
-        self._renew()
-
-    def _renew(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._next = 0
-
-    def __call__(self) -> str:
-        n = self._next
-        if n > 0xFFFFFFFF:
-            self._renew()
-            n = 0
-        self._next = n + 1
-        return f"{self._prefix}{n:08x}"
-
-
-def _timing(gate: float, upstream: float, total: float) -> tuple[bytes, bytes]:
-    # One %-format: a third of the instructions of three f-strings joined.
-    return (b"server-timing", b"gate;dur=%.3f, upstream;dur=%.3f, total;dur=%.3f"
-            % (gate * 1000, upstream * 1000, total * 1000))
-
-
-def _limit_headers(g: GateResult | None) -> list[tuple[bytes, bytes]]:
-    if g is None:
-        return []
-    return [
-        (b"x-ratelimit-limit", b"%d" % g.limit),
-        (b"x-ratelimit-remaining", b"%d" % g.remaining),
-        (b"x-ratelimit-reset", b"%d" % g.reset_s),
-    ]
-
-
-async def send_error(send: Any, exc: ProxyError, headers: list[tuple[bytes, bytes]]) -> None:
-    body = exc.body()
-    await send({
-        "type": "http.response.start",
-        "status": exc.status_code,
-        "headers": [JSON_CT, (b"content-length", str(len(body)).encode()), *headers,
-                    *exc.headers],
-    })
-    await send({"type": "http.response.body", "body": body})
 
 
 class ProxyRoute:
@@ -593,41 +509,3 @@ def _with_stream_usage(doc: dict, body: bytes) -> tuple[bytes, bool]:
     return orjson.dumps({**doc, "stream_options": {**opts, "include_usage": True}}), True
 
 
-async def _stream_error(send: Any, exc: ProxyError) -> None:
-    """Headers are out already: end the stream with an error event the OpenAI SDK raises on."""
-    await send({"type": "http.response.body",
-                "body": b"data: " + exc.body() + b"\n\n", "more_body": False})
-
-
-def _parse(body: bytes, endpoint: str) -> dict:
-    doc = parse_object(body)
-    model = doc.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required and must be a non-empty string.",
-                             param="model")
-    if endpoint == "chat":
-        messages = doc.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequest("`messages` is required and must be a non-empty array.",
-                                 param="messages")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise InvalidRequest(f"`messages[{i}]` must be an object with a string `role`.",
-                                     param=f"messages[{i}]")
-        stream = doc.get("stream")
-        if stream is not None and not isinstance(stream, bool):
-            raise InvalidRequest("`stream` must be a boolean.", param="stream")
-    elif "input" not in doc:
-        raise InvalidRequest("`input` is required.", param="input")
-    return doc
-
-
-def _parse_ttl(value: bytes, max_ttl: int) -> int:
-    if not value.strip().isdigit():
-        raise InvalidRequest("X-Cognitude-Cache-TTL must be a whole number of seconds.",
-                             param="X-Cognitude-Cache-TTL")
-    ttl = int(value)
-    if ttl > max_ttl:
-        raise InvalidRequest(f"X-Cognitude-Cache-TTL must be at most {max_ttl} seconds.",
-                             param="X-Cognitude-Cache-TTL")
-    return ttl

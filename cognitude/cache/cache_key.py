@@ -15,7 +15,7 @@ import orjson
 import xxhash
 import zstandard
 
-from . import keys
+from cognitude.gate import keys
 
 # Fields that never change the response, each with the reason it is left out of the key.
 EXCLUDED_FIELDS: dict[str, str] = {

@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
 
-from .answers import usage_of
-from .pricing import PriceCatalog
-from .sse import StreamAccumulator
-from .usage import UsageRecord, UsageWriter
+from cognitude.hotpath.sse import StreamAccumulator
+from cognitude.ledger.pricing import PriceCatalog
+from cognitude.ledger.usage import UsageRecord, UsageWriter
+from cognitude.providers.answers import usage_of
 
 log = logging.getLogger("cognitude.accounting")
 
@@ -77,7 +77,7 @@ def _count(req: RequestLog) -> tuple[int, int]:
     usage: an upstream that ignored include_usage, or a stream cut short)."""
     if req.acc is None or req.doc is None or not req.model:
         return 0, 0
-    from . import tokens
+    from cognitude.ledger import tokens
 
     messages = req.doc.get("messages")
     prompt = tokens.count_messages(req.model, messages if isinstance(messages, list) else [])

@@ -33,7 +33,8 @@ from typing import NamedTuple
 
 import asyncpg
 
-from cognitude.spill import SpillLog, decode_rows
+from cognitude.db import DB_ERRORS
+from cognitude.ledger.spill import SpillLog, decode_rows
 
 log = logging.getLogger("cognitude.usage")
 
@@ -88,7 +89,6 @@ _MERGE_SQL = (
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
                 TypeError, ValueError, OverflowError)
 # Everything a COPY can fail with while Postgres is down, restarting or slow.
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 async def _paced(rows: Iterable[tuple[object, ...]]) -> AsyncIterator[tuple[object, ...]]:
@@ -233,7 +233,7 @@ class UsageWriter:
                 log.error("usage batch of %d refused (%s: %s); spilled for replay",
                           len(batch), type(exc).__name__, exc)
                 break
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 self.flush_errors += 1
                 if self._db_ok:
                     self._db_ok = False
@@ -311,7 +311,7 @@ class UsageWriter:
                 return self._reject(path, size, [], f"unreadable header: {exc}")
             try:
                 n, rejected = await self._load(rows)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 if self._db_ok:  # once per outage; the flusher resets it on recovery
                     self._db_ok = False
                     log.warning("usage spill replay postponed (%s: %s); %s kept",

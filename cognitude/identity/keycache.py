@@ -24,25 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
-import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import asyncpg
-from starlette.requests import Request
 
-from . import db
-from .config import Config, Secrets
-from .credentials import Credential, OrgCredentials, load_org_credentials
-from .errors import AuthenticationError, OrganizationDisabled, ServiceUnavailable
-from .gate import Limits
+from cognitude import db
+from cognitude.cache.policy import CachePolicy
+from cognitude.config import Config, Secrets
+from cognitude.errors import ServiceUnavailable
+from cognitude.gate.gate import Limits
+from cognitude.identity.credentials import Credential, OrgCredentials, load_org_credentials
 
 log = logging.getLogger("cognitude.auth")
 
-KEY_PREFIX = "cog-"
 # Bound on cached resolutions (about 1 KB each); past it the least recently used go.
 MAX_CACHED_KEYS = 100_000
 # Without a live invalidation subscription a revoked key must still stop within ~1 s on
@@ -50,16 +47,6 @@ MAX_CACHED_KEYS = 100_000
 UNSUBSCRIBED_TTL_S = 1.0
 # Share of the TTL after which a used entry is re-read in the background.
 REFRESH_AHEAD = 0.8
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
-@dataclass(frozen=True, slots=True)
-class CachePolicy:
-    """An org's effective cache settings (its overrides over ``[cache]``)."""
-
-    enabled: bool
-    ttl_s: int
-    only_deterministic: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,28 +61,6 @@ class KeyInfo:
     unreadable: frozenset[str] = frozenset()
     # The key is valid but its organization was disabled by the operator (403, not 401).
     disabled: bool = False
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def token_from_headers(authorization: bytes | None, x_api_key: bytes | None) -> str | None:
-    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (raw ASGI values)."""
-    if authorization is not None:
-        scheme, _, token = authorization.partition(b" ")
-        token = token.strip()
-        if scheme.lower() == b"bearer" and token:
-            return token.decode("latin-1")
-    if x_api_key is not None:
-        key = x_api_key.strip()
-        if key:
-            return key.decode("latin-1")
-    return None
 
 
 # One query per key per TTL: the key, its org's limits and cache settings, and whether the
@@ -183,7 +148,7 @@ class KeyCache:
             # shield: a request that gives up (client gone) must not cancel the lookup
             # the others are waiting for.
             return await asyncio.shield(self._fetch(digest))
-        except _DB_ERRORS as exc:
+        except db.DB_ERRORS as exc:
             # Postgres unreachable: a key we resolved before keeps working (stale entry,
             # re-checked one TTL later) so a database outage does not stop the proxy; a key
             # never seen, or invalidated meanwhile, cannot be verified and gets 503.
@@ -293,54 +258,7 @@ class KeyCache:
                        creds.unreadable)
 
 
-async def require_key(request: Request) -> KeyInfo:
-    """The caller's key on a Starlette route (management API, analytics, /v1/models):
-    ``Authorization: Bearer`` or ``X-API-Key``; 401 otherwise. The org always comes from
-    the key, never from a parameter."""
-    headers = request.headers
-    token = token_from_headers(headers.get("authorization", "").encode() or None,
-                               headers.get("x-api-key", "").encode() or None)
-    info = await request.app.state.cognitude.keys.resolve(token) if token is not None else None
-    if info is None:
-        raise AuthenticationError("Missing or invalid API key.")
-    if info.disabled:
-        raise OrganizationDisabled(DISABLED_MESSAGE)
-    return info
-
-
 DISABLED_MESSAGE = ("This organization is disabled; its keys are refused until the operator "
                     "enables it again.")
 
 
-def require_admin(request: Request) -> None:
-    """The operator key (``auth.admin_key_env``), compared in constant time; 401 otherwise."""
-    headers = request.headers
-    token = token_from_headers(headers.get("authorization", "").encode() or None,
-                               headers.get("x-api-key", "").encode() or None)
-    expected = request.app.state.cognitude.secrets.admin_key_hash
-    if not expected or token is None or not hmac.compare_digest(hash_key(token), expected):
-        raise AuthenticationError("This endpoint needs the operator key.")
-
-
-async def create_org(conn: asyncpg.Connection, name: str, org_id: str | None = None) -> str:
-    if org_id is None:
-        sql = "INSERT INTO organizations (name) VALUES ($1) RETURNING id"
-        return str(await conn.fetchval(sql, name))
-    await conn.execute(
-        "INSERT INTO organizations (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-        org_id,
-        name,
-    )
-    return org_id
-
-
-async def store_key(conn: asyncpg.Connection, org_id: str, key: str, name: str = "") -> str:
-    """Store a key's hash (never the key); returns the key id."""
-    return await conn.fetchval(
-        "INSERT INTO api_keys (org_id, key_hash, prefix, name) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (key_hash) DO UPDATE SET name = EXCLUDED.name RETURNING id",
-        org_id,
-        hash_key(key),
-        key[:8],
-        name,
-    )

@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from cognitude.db import DB_ERRORS
+
 log = logging.getLogger("cognitude.cold_cache")
 
 _UPSERT_SQL = """
@@ -46,7 +48,6 @@ SELECT EXISTS (SELECT 1 FROM response_cache
                WHERE org_id = $1 AND created_at < $2 AND expires_at > now())
 """
 _RECHECK_S = 60.0
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 class ColdCache:
@@ -104,7 +105,7 @@ class ColdCache:
         try:
             holds = bool(await self._pool.fetchval(_MAY_HOLD_SQL, org_id, since,
                                                    timeout=self._read_timeout * 4))
-        except _DB_ERRORS:
+        except DB_ERRORS:
             self.read_errors += 1
             return False
         if len(self._orgs) >= 100_000:
@@ -118,7 +119,7 @@ class ColdCache:
         self.reads += 1
         try:
             row = await self._pool.fetchrow(_GET_SQL, key, timeout=self._read_timeout)
-        except _DB_ERRORS:
+        except DB_ERRORS:
             self.read_errors += 1
             return None
         if row is None:
@@ -134,7 +135,7 @@ class ColdCache:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(*_DB_ERRORS):
+        with contextlib.suppress(*DB_ERRORS):
             await asyncio.wait_for(self._flush(), 5)
 
     async def _run(self) -> None:
@@ -146,7 +147,7 @@ class ColdCache:
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + _PURGE_EVERY_S
                     await self._pool.execute(_PURGE_SQL)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 log.warning("cold cache write failed (%s); entries dropped", type(exc).__name__)
             except Exception:  # noqa: BLE001
                 # A background loop must outlive a bug in one round; the trace is logged.
@@ -162,7 +163,7 @@ class ColdCache:
         cols = list(zip(*latest.values(), strict=True))
         try:
             await self._pool.execute(_UPSERT_SQL, *cols)
-        except _DB_ERRORS:
+        except DB_ERRORS:
             self.entries_dropped += len(latest)
             raise
         self.entries_written += len(latest)

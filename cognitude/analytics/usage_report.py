@@ -32,13 +32,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import orjson
-from starlette.requests import Request
-from starlette.responses import Response
 
-from .auth import require_key
-from .errors import InvalidRequest, ServiceUnavailable
-from .maintenance import refresh_org
+from cognitude.ledger.maintenance import refresh_org
 
 log = logging.getLogger("cognitude.analytics")
 
@@ -69,7 +64,6 @@ GROUP BY 1 ORDER BY 1
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # refresh_org looks back at most a day (+ lateness): older ranges need no refresh.
 _RECENT = timedelta(days=2)
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _COUNTS = ("requests", "prompt_tokens", "completion_tokens", "cache_hits")
 
 
@@ -152,50 +146,3 @@ async def usage_report(pool: asyncpg.Pool, org_id: str, *, start: date, end: dat
     }
 
 
-def _date_param(request: Request, name: str, default: date) -> date:
-    raw = request.query_params.get(name)
-    if not raw:
-        return default
-    try:
-        # fromisoformat alone would also take "20240101" and week dates.
-        if not _DATE_RE.fullmatch(raw):
-            raise ValueError(raw)
-        return date.fromisoformat(raw)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be a date as YYYY-MM-DD, got {raw!r}.",
-                             param=name) from None
-
-
-def parse_params(request: Request, today: date | None = None) -> tuple[date, date, str]:
-    """``start``, ``end``, ``group_by`` from the query string, validated."""
-    today = today or datetime.now(UTC).date()
-    end = _date_param(request, "end", today)
-    start = _date_param(request, "start", end - timedelta(days=DEFAULT_DAYS - 1))
-    if end < start:
-        raise InvalidRequest("'end' must not be before 'start'.", param="end")
-    if (end - start).days + 1 > MAX_RANGE_DAYS:
-        raise InvalidRequest(f"The date range may span at most {MAX_RANGE_DAYS} days.",
-                             param="start")
-    group_by = request.query_params.get("group_by") or "day"
-    if group_by not in GROUPS:
-        raise InvalidRequest(f"'group_by' must be one of {', '.join(GROUPS)}; got {group_by!r}.",
-                             param="group_by")
-    return start, end, group_by
-
-
-async def analytics_usage(request: Request) -> Response:
-    """``GET /analytics/usage?start=YYYY-MM-DD&end=YYYY-MM-DD&group_by=day|model|provider``,
-    authenticated with the proxy's own API keys; org-scoped by the key."""
-    st = request.app.state.cognitude
-    info = await require_key(request)
-    start, end, group_by = parse_params(request)
-    if st.pg is None:
-        raise ServiceUnavailable("Analytics needs Postgres, which is not configured.")
-    try:
-        report = await usage_report(st.pg, info.org_id, start=start, end=end,
-                                    group_by=group_by, refresh=st.analytics.due(info.org_id))
-    except _DB_ERRORS as exc:
-        log.warning("analytics query failed: %s: %s", type(exc).__name__, exc)
-        raise ServiceUnavailable("Analytics are unavailable right now; retry shortly.") \
-            from None
-    return Response(orjson.dumps(report), media_type="application/json")

@@ -1,0 +1,2 @@
+"""Reports read from the ledger's rollups (never its raw rows).
+"""

@@ -1,0 +1,3 @@
+"""The response cache: its key and stored-value format, the org's cache policy, and the
+Postgres cold tier behind Redis.
+"""
