@@ -33,9 +33,12 @@ run: $(VENV)/.stamp-run
 test: $(VENV)/.stamp-test
 	$(BIN)/pytest
 
+# The import contract (no cycle, imports flow down the layers) is tests/layers.py; CI runs
+# it too, as tests/test_layers.py.
 lint: $(VENV)/.stamp-lint
 	$(BIN)/ruff check cognitude tests bench
 	$(BIN)/mypy cognitude
+	$(BIN)/python tests/layers.py
 
 # Each script replaces its own sections of bench/RESULTS.md (overhead.py keeps the others).
 bench: $(VENV)/.stamp-bench

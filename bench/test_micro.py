@@ -25,9 +25,9 @@ import uvloop
 
 from cognitude.cache import cache_key
 from cognitude.embedded import EmbeddedServices
-from cognitude.gate.gate import Gate, GateResult, Limits
-from cognitude.hotpath.request import _parse
-from cognitude.hotpath.respond import JSON_CT, RequestIds, _limit_headers, _timing
+from cognitude.gate.gate import Admission, Gate, Limits
+from cognitude.hotpath.request import parse_doc
+from cognitude.hotpath.respond import JSON_CT, RequestIds, limit_headers, timing
 from cognitude.ledger.accounting import Accountant, RequestLog
 from cognitude.ledger.pricing import load_catalog
 from cognitude.ledger.usage import UsageRecord
@@ -92,8 +92,8 @@ def test_parse_and_cache_key(benchmark: Any) -> None:
 
 
 def test_parse_validate_and_redis_key(benchmark: Any) -> None:
-    """What the route really does: ``_parse`` (validation included) + the namespaced key."""
-    result = benchmark(lambda: cache_key.redis_key(ORG, "chat", _parse(BODY, "chat")))
+    """What the route really does: ``parse_doc`` (validation included) + the namespaced key."""
+    result = benchmark(lambda: cache_key.redis_key(ORG, "chat", parse_doc(BODY, "chat")))
     assert ORG in result
 
 
@@ -134,8 +134,8 @@ def gate(valkey_url: str, loop: asyncio.AbstractEventLoop) -> Iterator[Gate]:
 
 
 def _gate_bench(benchmark: Any, loop: asyncio.AbstractEventLoop, gate: Gate,
-                cache: str) -> GateResult:
-    async def calls() -> GateResult:
+                cache: str) -> Admission:
+    async def calls() -> Admission:
         res = None
         for _ in range(GATE_CALLS_PER_ROUND):
             res = await gate.check(ORG, UNLIMITED, cache)
@@ -172,22 +172,22 @@ def test_gate_check_hit_x100(benchmark: Any, loop: asyncio.AbstractEventLoop,
 
 def test_hit_response_headers(benchmark: Any) -> None:
     """The header list of a cache hit, built as ``ProxyRoute._handle`` + ``_send_hit`` do
-    (keep in step with cognitude/proxy.py)."""
-    g = GateResult(allowed=True, limit=1000, remaining=997, reset_s=60, retry_after_s=0,
-                   cached=b"")
+    (keep in step with cognitude/hotpath/respond.py)."""
+    g = Admission(allowed=True, limit=1000, remaining=997, reset_s=60, retry_after_s=0,
+                  cached=b"")
     next_id = RequestIds()
     model = "gpt-4o-mini"
     t0 = perf_counter()
 
     def build() -> list[tuple[bytes, bytes]]:
         rid = next_id()
-        limit_headers = _limit_headers(g)
+        headers_ = limit_headers(g)
         routing = [(b"x-cognitude-model", model.encode()),
-                   (b"x-cognitude-provider", b"mock"), *limit_headers]
+                   (b"x-cognitude-provider", b"mock"), *headers_]
         common = [(b"x-request-id", rid.encode()), *routing]
-        timing = _timing(0.00012, 0.0, perf_counter() - t0)
+        timing_ = timing(0.00012, 0.0, perf_counter() - t0)
         return [JSON_CT, (b"content-length", str(len(COMPLETION)).encode()),
-                (b"x-cognitude-cache", b"HIT"), *common, timing]
+                (b"x-cognitude-cache", b"HIT"), *common, timing_]
 
     headers = benchmark(build)
     assert len(headers) == 10

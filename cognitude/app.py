@@ -40,7 +40,7 @@ from cognitude.identity.keycache import KeyCache, KeyInfo
 from cognitude.ledger import tokens
 from cognitude.ledger.accounting import Accountant
 from cognitude.ledger.maintenance import Maintenance
-from cognitude.ledger.pricing import load_catalog
+from cognitude.ledger.pricing import catalog_of
 from cognitude.ledger.usage import UsageWriter
 from cognitude.management import accounts, cache_settings, limits, providers
 from cognitude.management.analytics import analytics_usage
@@ -254,7 +254,7 @@ class CognitudeApp:
             maint.start()  # the first round runs at once, in the background
             # Pushed after the writer: the exit stack is LIFO, so maintenance stops first.
             stack.push_async_callback(maint.close)
-            accountant = Accountant(load_catalog(cfg.price_overrides()), writer)
+            accountant = Accountant(catalog_of(cfg), writer)
             # The tokenizer's vocabularies take ~0.5 s to load: do it off the event loop now,
             # not on the first stream that ends without usage.
             warm = asyncio.create_task(asyncio.to_thread(tokens.warm))
@@ -296,7 +296,7 @@ class CognitudeApp:
                                             reset=db.no_reset,
                                             command_timeout=cfg.postgres.command_timeout_s)
             stack.push_async_callback(key_pool.close)
-            keycache = KeyCache(cfg, secrets, key_pool)
+            keycache = KeyCache(cfg, secrets, key_pool, providers.headers_for)
             stack.push_async_callback(keycache.close)
             invalidator = Invalidator(redis, keycache)
             await invalidator.start()

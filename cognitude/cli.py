@@ -72,15 +72,17 @@ async def ensure_dev_key(dsn: str, data_dir: Path) -> str:
 
 async def preflight(cfg: Config) -> None:
     """Check at start what would otherwise fail inside uvicorn's lifespan with a traceback:
-    secrets, providers, Postgres (and migrations), Redis. Raises ConfigError naming the key.
+    secrets, providers, prices, Postgres (and migrations), Redis. Raises ConfigError naming the key.
     Says once what the missing optional secrets cost (not per worker, as the lifespan would)."""
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
+    from cognitude.ledger.pricing import catalog_of
     from cognitude.providers.upstream import Providers
 
     secrets = config_mod.read_secrets(cfg)
     Providers(cfg, secrets)
+    catalog_of(cfg)
     for warning in config_mod.startup_warnings(cfg, secrets):
         log.warning("%s: %s", cfg.source, warning)
     try:

@@ -30,9 +30,16 @@ from cognitude.embedded import EmbeddedServices
 from cognitude.identity.apikeys import create_org, new_key, store_key
 from cognitude.mock_upstream import MockUpstream
 from cognitude.mock_upstream.state import DEFAULT_HUGE_BYTES, DEFAULT_REDIRECT
+from cognitude.providers.openai import OpenAIAdapter
 
 REPO = Path(__file__).resolve().parent.parent
 SESSION_ENCRYPTION_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def HEADERS_FOR(provider: str, key: str) -> dict[str, str]:  # noqa: N802 - a constant's role
+    """What the lifespan gives the key cache (``Providers.headers_for``), for an OpenAI-kind
+    provider, in tests that build a KeyCache themselves."""
+    return OpenAIAdapter.headers(key)
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from cognitude.providers.answers import usage_of
+from cognitude.ledger.accounting import usage_of
 
 USAGE = {"prompt_tokens": 15, "completion_tokens": 18, "total_tokens": 33,
          "prompt_tokens_details": {"cached_tokens": 0}}

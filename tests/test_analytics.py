@@ -25,7 +25,7 @@ from cognitude.identity.keycache import KeyCache
 from cognitude.ledger import maintenance
 from cognitude.ledger.maintenance import Maintenance
 from cognitude.management.analytics import analytics_usage
-from tests.conftest import assert_openai_error
+from tests.conftest import HEADERS_FOR, assert_openai_error
 from tests.ledger_rows import insert, rec
 
 KEY = maintenance.LEADER_LOCK + 2  # private leader lock (see test_maintenance)
@@ -115,7 +115,7 @@ def make_app(pool: asyncpg.Pool) -> Starlette:
     app = Starlette(routes=[Route("/analytics/usage", analytics_usage, methods=["GET"])],
                     exception_handlers={ProxyError: proxy_error})
     app.state.cognitude = SimpleNamespace(pg=pool, keys=KeyCache(Config(), Secrets({}, {}, ""),
-                                                                 pool),
+                                                                 pool, HEADERS_FOR),
                                           analytics=RecentRefreshes())
     return app
 

@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 
 from cognitude.identity.apikeys import hash_key, new_key
-from tests.conftest import assert_openai_error, chat
+from tests.conftest import HEADERS_FOR, assert_openai_error, chat
 
 
 async def test_keys_are_stored_only_as_sha256(pg_dsn, org_factory):
@@ -138,7 +138,7 @@ def test_key_cache_trusts_entries_briefly_without_a_subscription():
     from cognitude.identity.keycache import UNSUBSCRIBED_TTL_S, KeyCache
 
     cfg = config.parse({"auth": {"key_cache_ttl_s": 30.0}}, "x", env={})
-    cache = KeyCache(cfg, config.read_secrets(cfg, env={}), None)
+    cache = KeyCache(cfg, config.read_secrets(cfg, env={}), None, HEADERS_FOR)
     assert cache.ttl == UNSUBSCRIBED_TTL_S <= 1.0
     cache.subscribed = True
     assert cache.ttl == 30.0
@@ -165,7 +165,7 @@ class ScriptedKeyCache:
                 return KeyInfo(f"k{n}", "org", Limits(1, 2, 3))
 
         cfg = config.parse({"auth": {"key_cache_ttl_s": ttl}}, "x", env={})
-        cache = Scripted(cfg, config.read_secrets(cfg, env={}), None)
+        cache = Scripted(cfg, config.read_secrets(cfg, env={}), None, HEADERS_FOR)
         cache.subscribed = True
         cache.calls, cache.gate, cache.fail = 0, asyncio.Event(), False
         return cache

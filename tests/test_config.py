@@ -210,3 +210,13 @@ def test_serve_refuses_a_bad_config_with_exit_2(tmp_path):
     assert p.returncode == 2
     assert f"{bad}: cache.ttl_s: expected integer" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_a_bad_price_override_stops_the_start_naming_it(proxy_factory):
+    """[prices] entries are checked against the shipped catalog when it loads, before the
+    proxy serves (the config package itself knows no catalog: it is below the ledger)."""
+    with pytest.raises(RuntimeError) as info:
+        proxy_factory('[prices."my-finetune"]\ninput_per_mtok = 0.3\n')
+    msg = str(info.value)
+    assert "exited with 2" in msg and "Traceback" not in msg
+    assert "config.toml: prices:" in msg and "my-finetune" in msg

@@ -20,7 +20,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from cognitude.gate import keys
-from cognitude.gate.gate import GATE_LUA_PATH, Gate, GateResult, Limits
+from cognitude.gate.gate import GATE_LUA_PATH, Admission, Gate, Limits
 from cognitude.gate.lua_script import strip_shebang as _strip_shebang
 from cognitude.gate.redis_pipe import RedisPipe
 
@@ -141,9 +141,9 @@ async def test_admit_counts_down(gate: Gate, redis_client: redis.asyncio.Redis) 
     # the first request's 1 s bucket leaves the minute window at its end + 60 s
     reset_s = math.ceil(((T0 // 1000 + 1) * 1000 + 60_000 - T0) / 1000)
     assert got == [
-        GateResult(True, 3, 2, reset_s, 0, None),
-        GateResult(True, 3, 1, reset_s, 0, None),
-        GateResult(True, 3, 0, reset_s, 0, None),
+        Admission(True, 3, 2, reset_s, 0, None),
+        Admission(True, 3, 1, reset_s, 0, None),
+        Admission(True, 3, 0, reset_s, 0, None),
     ]
     reply = await raw(redis_client, gate, "a", limits, T0 + 5)
     drop = (T0 // 1000 + 1) * 1000 + 60_000 - (T0 + 5)
@@ -162,7 +162,7 @@ async def test_tightest_window_is_reported(gate: Gate, redis_client: redis.async
 async def test_server_clock(gate: Gate) -> None:
     # no override: the server's TIME; a fresh bucket drops out after (60 s, 61 s]
     res = await gate.check("a", Limits(5, 10, 20))
-    assert res == GateResult(True, 5, 4, 61, 0, None)
+    assert res == Admission(True, 5, 4, 61, 0, None)
 
 
 async def test_reject_writes_nothing(gate: Gate, redis_client: redis.asyncio.Redis) -> None:
@@ -393,7 +393,7 @@ async def test_uncounted_hits(gate: Gate, redis_client: redis.asyncio.Redis) -> 
     await redis_client.set(ck, b"hit", ex=60)
     for _ in range(5):
         res = await gate.check("a", limits, ck, count_hits=False, now_ms=T0)
-        assert res == GateResult(True, 2, 2, 0, 0, b"hit")
+        assert res == Admission(True, 2, 2, 0, 0, b"hit")
     # the limit is untouched by those hits, and a full window does not stop them either
     assert (await gate.check("a", limits, now_ms=T0)).remaining == 1
     assert (await gate.check("a", limits, now_ms=T0)).remaining == 0

@@ -123,7 +123,8 @@ def test_provider_credentials_round_trip(make_client: Client, pg_dsn: str) -> No
         assert "ciphertext" not in listed.text
 
         st = state(c)
-        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, a.org_id)
+        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, a.org_id,
+                   st.providers.headers_for)
         assert got.unreadable == frozenset() and list(got.usable) == ["mock"]
         assert got.usable["mock"].headers["Authorization"] == f"Bearer {SECRET}"
         assert got.usable["mock"].base_url is None
@@ -131,7 +132,8 @@ def test_provider_credentials_round_trip(make_client: Client, pg_dsn: str) -> No
         # Org B sees nothing of A's and cannot delete it.
         assert c.get("/providers", headers=b.headers).json()["data"] == []
         assert_openai_error(c.delete("/providers/mock", headers=b.headers), 404)
-        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, b.org_id)
+        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, b.org_id,
+                   st.providers.headers_for)
         assert got.usable == {} and not got.unreadable
 
         # Upsert replaces, then delete removes.
@@ -139,7 +141,8 @@ def test_provider_credentials_round_trip(make_client: Client, pg_dsn: str) -> No
                    json={"provider": "mock", "api_key": SECRET + "2",
                          "base_url": "https://8.8.8.8/v1/"})
         assert r.status_code == 201 and r.json()["base_url"] == "https://8.8.8.8/v1"
-        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, a.org_id)
+        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, a.org_id,
+                   st.providers.headers_for)
         assert got.usable["mock"].secret == (SECRET + "2").encode()
         assert got.usable["mock"].base_url == "https://8.8.8.8/v1"
         assert c.delete("/providers/mock", headers=a.headers).json() == {
@@ -166,7 +169,8 @@ def test_ciphertext_bound_to_its_org(make_client: Client, pg_dsn: str) -> None:
         (item,) = c.get("/providers", headers=b.headers).json()["data"]
         assert item["api_key"] is None and "cannot be decrypted" in item["error"]
         # Not usable, and not silently dropped either: the hot path answers 503 for it.
-        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, b.org_id)
+        got = call(c, load_org_credentials, st.pg, st.secrets.encryption_key, b.org_id,
+                   st.providers.headers_for)
         assert got.usable == {} and got.unreadable == {"mock"}
 
 

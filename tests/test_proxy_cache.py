@@ -11,7 +11,7 @@ import orjson
 
 from cognitude.cache import cache_key
 from cognitude.gate import keys
-from cognitude.hotpath.respond import RequestIds, _timing
+from cognitude.hotpath.respond import RequestIds, timing
 from tests.conftest import CommandMonitor, chat
 
 
@@ -283,6 +283,6 @@ def test_request_ids_are_unique_and_renew_their_prefix_when_the_counter_wraps():
 
 
 def test_server_timing_keeps_three_decimals():
-    name, value = _timing(0.0001234, 0.0, 1.5)
+    name, value = timing(0.0001234, 0.0, 1.5)
     assert name == b"server-timing"
     assert value == b"gate;dur=0.123, upstream;dur=0.000, total;dur=1500.000"

@@ -287,16 +287,10 @@ def parse(raw: dict[str, Any], source: str, env: typing.Mapping[str, str] | None
 
 
 def _prices(value: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
-    from cognitude.ledger.pricing import (
-        load_catalog,  # the catalog's own validation names model and field
-    )
-
+    """The [prices] tables as they are; their fields are checked against the shipped catalog
+    when it is loaded at start (``ledger.pricing.catalog_of``), naming model and field."""
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ConfigError('prices: expected tables [prices."<model>"]')
-    try:
-        load_catalog(value)
-    except ValueError as exc:
-        raise ConfigError(f"prices: {exc}") from None
     return tuple((model, tuple(tbl.items())) for model, tbl in value.items())
 
 

@@ -2,7 +2,7 @@
 
 ``Gate.check`` runs ``lua/gate.lua`` with one ``EVALSHA`` per proxied request (DESIGN §6). The
 script's header is the contract for its KEYS, ARGV and reply; this module only builds the
-arguments and turns the reply into a :class:`GateResult` for the response headers
+arguments and turns the reply into a :class:`Admission` for the response headers
 (``X-RateLimit-*``, ``Retry-After``) and the cache-hit path.
 
 An organization's three windows (minute / hour / day) always apply; an API key with limits of
@@ -70,7 +70,7 @@ class Limits:
 
 
 @dataclass(slots=True)
-class GateResult:
+class Admission:
     allowed: bool
     limit: int  # limit of the tightest window
     remaining: int  # remaining in the tightest window after this call
@@ -133,7 +133,7 @@ class Gate:
         key_id: str | None = None,
         key_limits: Limits | None = None,
         want_epoch: bool = False,
-    ) -> GateResult:
+    ) -> Admission:
         """Count one request (``cost`` requests) against ``limits`` and look up ``cache_key``.
 
         ``limits`` are the org's. With ``key_limits`` (and the ``key_id`` they belong to) the
@@ -170,10 +170,10 @@ class Gate:
         return _parse(await self._script.run(ks, argv))
 
 
-def _parse(reply: list[Any]) -> GateResult:
+def _parse(reply: list[Any]) -> Admission:
     allowed, limit, remaining, reset_ms, retry_ms, window, cached = reply[:7]
     epoch = int(reply[7]) if len(reply) > 7 and reply[7] is not None else None
-    return GateResult(
+    return Admission(
         allowed=allowed == 1,
         limit=limit,
         remaining=remaining,

@@ -15,6 +15,7 @@ key again. The log names org and provider only, never the value.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -43,15 +44,14 @@ class OrgCredentials:
     unreadable: frozenset[str] = frozenset()  # providers whose stored key does not decrypt
 
 
-def bearer(key: str, base_url: str | None) -> Credential:
-    """The credential of an OpenAI-style provider (``Authorization: Bearer``)."""
-    return Credential(base_url.rstrip("/") if base_url else None,
-                      {"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-                      key.encode())
+# (provider, key) → the request headers for it, as the provider's adapter builds them
+# (``Providers.headers_for``): given by the lifespan, so identity knows no wire format.
+HeadersFor = Callable[[str, str], dict[str, str]]
 
 
 async def load_org_credentials(conn: asyncpg.Connection | asyncpg.Pool,
-                               encryption_key: bytes | None, org_id: str) -> OrgCredentials:
+                               encryption_key: bytes | None, org_id: str,
+                               headers_for: HeadersFor) -> OrgCredentials:
     """Every credential ``org_id`` stored, decrypted; the ones that do not decrypt (or all of
     them, without an encryption key) listed as unreadable.
 
@@ -75,5 +75,7 @@ async def load_org_credentials(conn: asyncpg.Connection | asyncpg.Pool,
                         provider, provider)
             unreadable.add(provider)
             continue
-        usable[provider] = bearer(key, r["base_url"])
+        base_url = r["base_url"]
+        usable[provider] = Credential(base_url.rstrip("/") if base_url else None,
+                                      headers_for(provider, key), key.encode())
     return OrgCredentials(usable, frozenset(unreadable))

@@ -16,19 +16,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from cognitude.gate.keys import INVALIDATION_CHANNEL
-from cognitude.identity.keycache import KeyCache
 
 log = logging.getLogger("cognitude.invalidation")
 
 _RECONNECT_MAX_S = 2.0
 
 
-def apply(cache: KeyCache, message: str) -> None:
+class Invalidatable(Protocol):
+    """What invalidation needs of a cache (``KeyCache`` is one): forget one key's entry, an
+    org's, or everything, and know whether a live subscription keeps it honest."""
+
+    subscribed: bool
+
+    def invalidate(self, digest: str | None = None) -> None: ...
+
+    def invalidate_org(self, org_id: str) -> None: ...
+
+
+def apply(cache: Invalidatable, message: str) -> None:
     kind, _, value = message.partition(":")
     if kind == "key" and value:
         cache.invalidate(value)
@@ -38,7 +49,7 @@ def apply(cache: KeyCache, message: str) -> None:
         cache.invalidate()
 
 
-async def publish(redis: aioredis.Redis, cache: KeyCache, message: str) -> None:
+async def publish(redis: aioredis.Redis, cache: Invalidatable, message: str) -> None:
     """Apply locally at once, then tell every other replica. A Redis failure is logged: the
     others then catch up within ``UNSUBSCRIBED_TTL_S`` at worst, since their subscription
     is down too."""
@@ -52,7 +63,7 @@ async def publish(redis: aioredis.Redis, cache: KeyCache, message: str) -> None:
 class Invalidator:
     """Subscribes to the invalidation channel and keeps ``cache.subscribed`` honest."""
 
-    def __init__(self, redis: aioredis.Redis, cache: KeyCache) -> None:
+    def __init__(self, redis: aioredis.Redis, cache: Invalidatable) -> None:
         self._redis = redis
         self._cache = cache
         self._task: asyncio.Task[None] | None = None

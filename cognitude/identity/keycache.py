@@ -23,7 +23,6 @@ flood of unknown keys evicts the least recently used entries, never the keys in 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -36,7 +35,13 @@ from cognitude.cache.policy import CachePolicy
 from cognitude.config import Config, Secrets
 from cognitude.errors import ServiceUnavailable
 from cognitude.gate.gate import Limits
-from cognitude.identity.credentials import Credential, OrgCredentials, load_org_credentials
+from cognitude.identity.apikeys import hash_key
+from cognitude.identity.credentials import (
+    Credential,
+    HeadersFor,
+    OrgCredentials,
+    load_org_credentials,
+)
 
 log = logging.getLogger("cognitude.auth")
 
@@ -86,12 +91,14 @@ WHERE k.key_hash = $1 AND k.revoked_at IS NULL
 class KeyCache:
     """key hash → KeyInfo, from config (static keys) or Postgres, cached with a TTL."""
 
-    __slots__ = ("_pool", "_ttl", "_timeout", "_defaults", "_cache_defaults", "_encryption_key",
-                 "_static", "_entries", "_inflight", "_generation", "subscribed", "lookups",
-                 "lookup_errors", "refreshes")
+    __slots__ = ("_pool", "_headers_for", "_ttl", "_timeout", "_defaults", "_cache_defaults",
+                 "_encryption_key", "_static", "_entries", "_inflight", "_generation",
+                 "subscribed", "lookups", "lookup_errors", "refreshes")
 
-    def __init__(self, cfg: Config, secrets_: Secrets, pool: asyncpg.Pool | None) -> None:
+    def __init__(self, cfg: Config, secrets_: Secrets, pool: asyncpg.Pool | None,
+                 headers_for: HeadersFor) -> None:
         self._pool = pool  # the hot path's own small pool (postgres.key_pool_max)
+        self._headers_for = headers_for
         self._ttl = cfg.auth.key_cache_ttl_s
         self._timeout = cfg.auth.lookup_timeout_ms / 1000
         self._cache_defaults = cfg.cache
@@ -129,7 +136,7 @@ class KeyCache:
         return self._ttl if self.subscribed else min(self._ttl, UNSUBSCRIBED_TTL_S)
 
     async def resolve(self, token: str) -> KeyInfo | None:
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        digest = hash_key(token)
         static = self._static.get(digest)
         if static is not None:
             return static
@@ -222,7 +229,8 @@ class KeyCache:
             return None
         creds = None
         if row["has_creds"] and not row["disabled"]:
-            creds = await load_org_credentials(conn, self._encryption_key, row["org_id"])
+            creds = await load_org_credentials(conn, self._encryption_key, row["org_id"],
+                                               self._headers_for)
         return row, creds
 
     async def _lookup(self, digest: str) -> KeyInfo | None:

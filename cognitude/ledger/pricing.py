@@ -25,6 +25,8 @@ from decimal import Decimal, InvalidOperation
 from importlib import resources
 from typing import Any
 
+from cognitude.config import Config, ConfigError
+
 log = logging.getLogger("cognitude.pricing")
 
 TIERS = ("economy", "standard", "premium")
@@ -104,6 +106,15 @@ class PriceCatalog:
         self._logged_unknown.add(model)
         log.warning("no price for model %r: its usage is recorded with cost NULL"
                     " (add it to the price overrides in config.toml)", model)
+
+
+def catalog_of(cfg: Config) -> PriceCatalog:
+    """The catalog the config asks for; a bad ``[prices]`` entry is a ConfigError naming the
+    file, the model and the field (``serve`` checks it before it starts)."""
+    try:
+        return load_catalog(cfg.price_overrides())
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: prices: {exc}") from None
 
 
 def load_catalog(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PriceCatalog:

@@ -25,7 +25,6 @@ timing tells which emails are registered.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cognitude.config.secrets import sha256_hex
 from cognitude.db import DB_UNREACHABLE
 from cognitude.errors import (
     AuthenticationError,
@@ -183,7 +183,7 @@ async def login(request: Request) -> Response:
     key_name = text_field(doc, "key_name", KEY_NAME_MAX, required=False) or "login"
     # Each attempt takes one of the email's failures before the KDF and a right password
     # gives it back, so even concurrent guesses never get more than `limit` wrong tries.
-    failures = keys.login_failures_key(hashlib.sha256(email.encode()).hexdigest())
+    failures = keys.login_failures_key(sha256_hex(email))
     await _throttle(st, failures, limit, "failed logins for this email")
     db = pool(st)
     try:

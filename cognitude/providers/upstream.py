@@ -7,8 +7,8 @@ is translated to our exception tree in one place, ``map_upstream_errors``.
 Bounds: redirects are never followed (a 3xx is an upstream error: following one would let a
 tenant's ``base_url`` bounce the proxy to an internal address, and aiohttp skips the egress
 resolver for literal IPs); a body is read up to ``upstream.max_response_bytes`` (the whole
-exchange is cut at ``upstream.total_timeout_s`` by ``cognitude.deadlines``); a 200 must
-parse as the endpoint's JSON (``answer_usage``), or it is a 502 and never reaches the cache.
+exchange is cut at ``upstream.total_timeout_s`` by ``providers.deadlines``). What a request
+and its answer look like on the wire is the adapter's (``providers.openai``).
 """
 
 from __future__ import annotations
@@ -21,15 +21,9 @@ import aiohttp
 import orjson
 
 from cognitude.config import Config, ConfigError, Secrets
-from cognitude.errors import (
-    ModelNotFound,
-    UpstreamError,
-    UpstreamHTTPError,
-    UpstreamTimeout,
-    error_body,
-)
-from cognitude.providers.answers import NotAnAnswer, checked_usage
+from cognitude.errors import ModelNotFound, UpstreamError, UpstreamTimeout
 from cognitude.providers.egress import GuardedResolver
+from cognitude.providers.openai import ADAPTERS, OpenAIAdapter
 
 # An error body is only ever shown in part (500 bytes), or passed through as a 4xx: a
 # megabyte is plenty, and bounds what a misbehaving upstream can make us hold.
@@ -45,6 +39,7 @@ class Provider:
     secret: bytes  # the provider key, only to scrub it from upstream error bodies
     shared: bool  # orgs without their own credential may use the config-level key
     stream_usage: bool  # ask for usage on every chat stream (stream_options.include_usage)
+    adapter: OpenAIAdapter  # the wire format of its kind (providers.openai.ADAPTERS)
 
 
 class Providers:
@@ -63,15 +58,19 @@ class Providers:
                     f"{cfg.source}: providers.{p.name}.kind: {p.kind!r} is not supported yet; "
                     'use kind = "openai" with the provider\'s OpenAI-compatible base_url'
                 )
-            headers = {"Content-Type": "application/json"}
+            adapter = ADAPTERS[p.kind]
             key = secrets_.provider_keys.get(p.name, "")
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-            prov = Provider(p.name, p.base_url.rstrip("/"), headers, p.name.encode(), key.encode(),
-                            p.shared_key, p.stream_usage)
+            prov = Provider(p.name, p.base_url.rstrip("/"), adapter.headers(key), p.name.encode(),
+                            key.encode(), p.shared_key, p.stream_usage, adapter)
             self.all.append(prov)
             for m in p.models:
                 self.by_model[m] = prov
+
+    def headers_for(self, provider: str, key: str) -> dict[str, str]:
+        """The request headers for an org's own ``key`` to ``provider`` (as its adapter
+        builds them), for the key cache to build once per lookup."""
+        prov = next((p for p in self.all if p.name == provider), None)
+        return (prov.adapter if prov is not None else ADAPTERS["openai"]).headers(key)
 
     def resolve(self, model: str) -> Provider:
         prov = self.by_model.get(model)
@@ -192,44 +191,3 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int, provider: str) -> 
 def _too_large(provider: str, cap: int) -> UpstreamError:
     return UpstreamError(f"Upstream provider `{provider}` sent a response larger than {cap} "
                          "bytes (upstream.max_response_bytes).", code="upstream_too_large")
-
-
-def answer_usage(body: bytes, endpoint: str, provider: str) -> dict[str, object] | None:
-    """A 200's ``usage`` (None without one), or 502 when the body is not the endpoint's JSON
-    answer: an upstream answering 200 with an HTML error page (a gateway in front of it,
-    say) must not be passed on as an answer, nor cached for every later request."""
-    try:
-        return checked_usage(body, endpoint)
-    except NotAnAnswer:
-        raise UpstreamError(f"Upstream provider `{provider}` answered 200 with a body that is "
-                            f"not a valid {endpoint} response.",
-                            code="upstream_bad_response") from None
-
-
-def error_from_upstream(name: str, secret: bytes, status: int, body: bytes,
-                        retry_after: str | None) -> UpstreamError:
-    """An upstream non-2xx as our error: 4xx passed through (in OpenAI shape), 5xx → 502.
-
-    A provider may quote the key it was sent (401 messages do); it is scrubbed here so that
-    no response of ours ever carries it.
-    """
-    if secret and secret in body:
-        body = body.replace(secret, b"[redacted]")
-    if 400 <= status < 500:
-        try:
-            doc = orjson.loads(body)
-            ok = isinstance(doc, dict) and isinstance(doc.get("error"), dict)
-        except orjson.JSONDecodeError:
-            ok = False
-        if not ok:
-            text = body[:500].decode("utf-8", "replace")
-            body = error_body(f"Upstream provider `{name}` returned {status}: {text}",
-                              "upstream_error", None, f"upstream_{status}")
-        passed = [(b"retry-after", retry_after.encode())] if retry_after else []
-        return UpstreamHTTPError(status, body, passed)
-    if 300 <= status < 400:
-        return UpstreamError(f"Upstream provider `{name}` answered with a redirect (HTTP "
-                             f"{status}); upstream redirects are never followed.",
-                             code="upstream_redirect")
-    return UpstreamError(f"Upstream provider `{name}` returned HTTP {status}.",
-                         code=f"upstream_{status}")
