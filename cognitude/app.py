@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -30,34 +30,27 @@ from cognitude.analytics.usage_report import RecentRefreshes
 from cognitude.cache.cache_key import ValueCodec
 from cognitude.cache.cold_cache import ColdCache
 from cognitude.config import Config
-from cognitude.errors import ProxyError, ServiceUnavailable, error_body, for_status
+from cognitude.errors import ProxyError, error_body, for_status
 from cognitude.gate.gate import Gate, Outage, UsageReader
 from cognitude.gate.redis_pipe import RedisPipe, supports
 from cognitude.hotpath.route import ProxyRoute
 from cognitude.identity.apikeys import create_org
 from cognitude.identity.invalidation import Invalidator
-from cognitude.identity.keycache import KeyCache, KeyInfo
+from cognitude.identity.keycache import KeyCache
 from cognitude.ledger import tokens
 from cognitude.ledger.accounting import Accountant
 from cognitude.ledger.maintenance import Maintenance
 from cognitude.ledger.pricing import catalog_of
 from cognitude.ledger.usage import UsageWriter
-from cognitude.management import accounts, cache_settings, limits, providers
+from cognitude.management import accounts, cache_settings, limits, providers, service
 from cognitude.management.analytics import analytics_usage
-from cognitude.management.common import json_response
-from cognitude.management.guards import require_key
+from cognitude.management.common import error_response
 from cognitude.metrics import metrics
 from cognitude.providers.deadlines import Deadlines
 from cognitude.providers.upstream import Providers, create_session
 from cognitude.state import AppState
 
 log = logging.getLogger("cognitude")
-
-
-def error_response(exc: ProxyError) -> Response:
-    headers = {k.decode(): v.decode() for k, v in exc.headers}
-    return Response(exc.body(), status_code=exc.status_code, media_type="application/json",
-                    headers=headers)
 
 
 async def _proxy_error(request: Request, exc: Exception) -> Response:
@@ -95,63 +88,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _http_error,
     Exception: _server_error,
 }
-
-
-def _state(request: Request) -> AppState:
-    return request.app.state.cognitude
-
-
-async def health(request: Request) -> Response:
-    return json_response({"status": "ok"})
-
-
-# Each dependency gets this long to answer /ready: an orchestrator's probe must get an
-# answer (not a hung connection) when Redis or Postgres is slow, and a slow one is not ready.
-READY_TIMEOUT_S = 1.0
-
-
-async def _probe(name: str, check: Awaitable[Any], problems: list[str]) -> None:
-    try:
-        await asyncio.wait_for(check, READY_TIMEOUT_S)
-    except TimeoutError:
-        problems.append(f"{name}: no answer within {READY_TIMEOUT_S:g} s")
-    except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        problems.append(f"{name}: {type(exc).__name__}")
-
-
-async def ready(request: Request) -> Response:
-    """Ready when Redis and Postgres both answer in time; 503 naming the one that does not."""
-    st = _state(request)
-    problems: list[str] = []
-    checks = [_probe("redis", st.redis.ping(), problems)]
-    if st.pg is not None:
-        checks.append(_probe("postgres", db.bounded(
-            st.pg, READY_TIMEOUT_S, lambda conn: conn.fetchval("SELECT 1")), problems))
-    await asyncio.gather(*checks)
-    if problems:
-        err = ServiceUnavailable("Not ready: " + "; ".join(sorted(problems)))
-        return error_response(err)
-    return json_response({"status": "ready"})
-
-
-def _own_providers(info: KeyInfo) -> set[str]:
-    return {*info.credentials, *info.unreadable}
-
-
-async def models(request: Request) -> Response:
-    """``GET /v1/models``: the models this org can reach (shared providers, and those it
-    stored its own key for)."""
-    info = await require_key(request)
-    body = _state(request).providers.model_list(_own_providers(info))
-    return Response(body, media_type="application/json")
-
-
-async def model(request: Request) -> Response:
-    """``GET /v1/models/{id}`` (the SDK's ``models.retrieve``)."""
-    info = await require_key(request)
-    body = _state(request).providers.model(request.path_params["model_id"],
-                                           _own_providers(info))
-    return Response(body, media_type="application/json")
 
 
 def _redis_client(cfg: Config) -> aioredis.Redis:
@@ -203,10 +139,7 @@ class CognitudeApp:
         self.hot: dict[str, ProxyRoute] = {}
         self.starlette = Starlette(
             routes=[
-                Route("/health", health, methods=["GET"]),
-                Route("/ready", ready, methods=["GET"]),
-                Route("/v1/models", models, methods=["GET"]),
-                Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+                *service.ROUTES,
                 Route("/analytics/usage", analytics_usage, methods=["GET"]),
                 Route("/metrics", metrics, methods=["GET"]),
                 Route("/openapi.json", openapi.endpoint(openapi_document(cfg)), methods=["GET"]),
@@ -240,67 +173,10 @@ class CognitudeApp:
             async with pg.acquire() as conn:
                 for sk in cfg.auth.static_keys:
                     await create_org(conn, sk.org, sk.org)
-            writer = UsageWriter(
-                pg, flush_rows=cfg.usage.flush_rows, flush_interval_ms=cfg.usage.flush_interval_ms,
-                queue_max=cfg.usage.queue_max, spill_dir=cfg.spill_path,
-                spill_max_bytes=cfg.usage.spill_max_bytes,
-            )
-            # Replays spill files left by an earlier run before taking traffic.
-            await writer.start()
-            stack.push_async_callback(writer.close, cfg.usage.shutdown_deadline_s)
-            m = cfg.maintenance
-            maint = Maintenance(pg, interval_s=m.interval_s, days_ahead=m.partition_days_ahead,
-                                retention_days=m.retention_days, lateness_s=m.rollup_lateness_s)
-            maint.start()  # the first round runs at once, in the background
-            # Pushed after the writer: the exit stack is LIFO, so maintenance stops first.
-            stack.push_async_callback(maint.close)
-            accountant = Accountant(catalog_of(cfg), writer)
-            # The tokenizer's vocabularies take ~0.5 s to load: do it off the event loop now,
-            # not on the first stream that ends without usage.
-            warm = asyncio.create_task(asyncio.to_thread(tokens.warm))
-            stack.push_async_callback(asyncio.wait_for, warm, 30)
-            cold = None
-            if cfg.cache.enabled and cfg.cache.cold_tier:
-                # Its own small pool whose connections skip asyncpg's reset-on-release
-                # (a second round trip per read, measured at ~5 % of miss-path CPU): cold
-                # reads and upserts leave no session state behind to reset.
-                cold_pool = await db.create_pool(cfg.postgres.dsn, 1, 4, reset=db.no_reset,
-                                                 command_timeout=cfg.postgres.command_timeout_s)
-                stack.push_async_callback(cold_pool.close)
-                cold = ColdCache(cold_pool, flush_interval_ms=cfg.usage.flush_interval_ms,
-                                 queue_max=cfg.usage.queue_max,
-                                 queue_max_bytes=cfg.cache.cold_queue_max_bytes,
-                                 read_timeout_ms=cfg.cache.cold_read_timeout_ms)
-                cold.start()
-                stack.push_async_callback(cold.close)
-            # The hot path's EVALSHA and write-back SET go through the lean pipelined
-            # client where it can serve this Redis (not TLS, not Cluster); see redis_pipe.
-            pipe = None
-            if supports(cfg.redis.url, cfg.redis.cluster):
-                pipe = RedisPipe(cfg.redis.url, cfg.redis.socket_timeout_ms / 1000)
-                stack.push_async_callback(pipe.aclose)
-            gate = Gate(pipe if pipe is not None else redis)
-            try:
-                await gate.load()
-            except (RedisError, OSError) as exc:
-                # fail_open: serve without limits until Redis is back (check() reloads the
-                # script on first contact); fail-closed deployments refuse to start.
-                if not cfg.redis.fail_open:
-                    raise config_mod.ConfigError(
-                        f"{cfg.source}: redis.url: cannot reach Redis: {exc}") from None
-                log.warning("redis unreachable at start (%s); failing open", exc)
-            # The hot path's key lookups get their own small pool: never queued behind an
-            # analytics query or a maintenance round on the shared one (each lookup is
-            # bounded by auth.lookup_timeout_ms itself).
-            key_pool = await db.create_pool(cfg.postgres.dsn, 1, cfg.postgres.key_pool_max,
-                                            reset=db.no_reset,
-                                            command_timeout=cfg.postgres.command_timeout_s)
-            stack.push_async_callback(key_pool.close)
-            keycache = KeyCache(cfg, secrets, key_pool, providers.headers_for)
-            stack.push_async_callback(keycache.close)
-            invalidator = Invalidator(redis, keycache)
-            await invalidator.start()
-            stack.push_async_callback(invalidator.close)
+            accountant = await _start_ledger(cfg, pg, stack)
+            cold = await _start_cold_tier(cfg, stack)
+            pipe, gate = await _start_gate(cfg, redis, stack)
+            keycache = await _start_identity(cfg, secrets, providers, redis, stack)
             deadlines = Deadlines(cfg.upstream.total_timeout_s)
             deadlines.start()
             stack.push_async_callback(deadlines.close)
@@ -327,6 +203,87 @@ class CognitudeApp:
             await session.close()
             await redis.aclose()
             await pg.close()
+
+
+# What the lifespan starts, each pushing its own shutdown onto the exit stack (LIFO: the
+# last started stops first).
+
+async def _start_ledger(cfg: Config, pg: asyncpg.Pool, stack: AsyncExitStack) -> Accountant:
+    writer = UsageWriter(
+        pg, flush_rows=cfg.usage.flush_rows, flush_interval_ms=cfg.usage.flush_interval_ms,
+        queue_max=cfg.usage.queue_max, spill_dir=cfg.spill_path,
+        spill_max_bytes=cfg.usage.spill_max_bytes,
+    )
+    # Replays spill files left by an earlier run before taking traffic.
+    await writer.start()
+    stack.push_async_callback(writer.close, cfg.usage.shutdown_deadline_s)
+    m = cfg.maintenance
+    maint = Maintenance(pg, interval_s=m.interval_s, days_ahead=m.partition_days_ahead,
+                        retention_days=m.retention_days, lateness_s=m.rollup_lateness_s)
+    maint.start()  # the first round runs at once, in the background
+    # Pushed after the writer: the exit stack is LIFO, so maintenance stops first.
+    stack.push_async_callback(maint.close)
+    # The tokenizer's vocabularies take ~0.5 s to load: do it off the event loop now, not on
+    # the first stream that ends without usage.
+    warm = asyncio.create_task(asyncio.to_thread(tokens.warm))
+    stack.push_async_callback(asyncio.wait_for, warm, 30)
+    return Accountant(catalog_of(cfg), writer)
+
+
+async def _start_cold_tier(cfg: Config, stack: AsyncExitStack) -> ColdCache | None:
+    if not (cfg.cache.enabled and cfg.cache.cold_tier):
+        return None
+    # Its own small pool whose connections skip asyncpg's reset-on-release (a second round
+    # trip per read, measured at ~5 % of miss-path CPU): cold reads and upserts leave no
+    # session state behind to reset.
+    cold_pool = await db.create_pool(cfg.postgres.dsn, 1, 4, reset=db.no_reset,
+                                     command_timeout=cfg.postgres.command_timeout_s)
+    stack.push_async_callback(cold_pool.close)
+    cold = ColdCache(cold_pool, flush_interval_ms=cfg.usage.flush_interval_ms,
+                     queue_max=cfg.usage.queue_max,
+                     queue_max_bytes=cfg.cache.cold_queue_max_bytes,
+                     read_timeout_ms=cfg.cache.cold_read_timeout_ms)
+    cold.start()
+    stack.push_async_callback(cold.close)
+    return cold
+
+
+async def _start_gate(cfg: Config, redis: aioredis.Redis, stack: AsyncExitStack
+                      ) -> tuple[RedisPipe | None, Gate]:
+    # The hot path's EVALSHA and write-back SET go through the lean pipelined client where
+    # it can serve this Redis (not TLS, not Cluster); see redis_pipe.
+    pipe = None
+    if supports(cfg.redis.url, cfg.redis.cluster):
+        pipe = RedisPipe(cfg.redis.url, cfg.redis.socket_timeout_ms / 1000)
+        stack.push_async_callback(pipe.aclose)
+    gate = Gate(pipe if pipe is not None else redis)
+    try:
+        await gate.load()
+    except (RedisError, OSError) as exc:
+        # fail_open: serve without limits until Redis is back (check() reloads the script on
+        # first contact); fail-closed deployments refuse to start.
+        if not cfg.redis.fail_open:
+            raise config_mod.ConfigError(
+                f"{cfg.source}: redis.url: cannot reach Redis: {exc}") from None
+        log.warning("redis unreachable at start (%s); failing open", exc)
+    return pipe, gate
+
+
+async def _start_identity(cfg: Config, secrets: config_mod.Secrets, providers: Providers,
+                          redis: aioredis.Redis, stack: AsyncExitStack) -> KeyCache:
+    # The hot path's key lookups get their own small pool: never queued behind an analytics
+    # query or a maintenance round on the shared one (each lookup is bounded by
+    # auth.lookup_timeout_ms itself).
+    key_pool = await db.create_pool(cfg.postgres.dsn, 1, cfg.postgres.key_pool_max,
+                                    reset=db.no_reset,
+                                    command_timeout=cfg.postgres.command_timeout_s)
+    stack.push_async_callback(key_pool.close)
+    keycache = KeyCache(cfg, secrets, key_pool, providers.headers_for)
+    stack.push_async_callback(keycache.close)
+    invalidator = Invalidator(redis, keycache)
+    await invalidator.start()
+    stack.push_async_callback(invalidator.close)
+    return keycache
 
 
 def create_app(cfg: Config | None = None) -> CognitudeApp:

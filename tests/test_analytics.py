@@ -18,13 +18,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cognitude.analytics.usage_report import RecentRefreshes, usage_report
-from cognitude.app import error_response
 from cognitude.config import Config, Secrets
 from cognitude.errors import ProxyError
 from cognitude.identity.keycache import KeyCache
 from cognitude.ledger import maintenance
 from cognitude.ledger.maintenance import Maintenance
 from cognitude.management.analytics import analytics_usage
+from cognitude.management.common import error_response
 from tests.conftest import HEADERS_FOR, assert_openai_error
 from tests.ledger_rows import insert, rec
 

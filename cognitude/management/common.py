@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cognitude.db import DB_UNREACHABLE
-from cognitude.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
+from cognitude.errors import InvalidRequest, PayloadTooLarge, ProxyError, ServiceUnavailable
 from cognitude.hotpath.request import parse_object
 from cognitude.state import AppState
 
@@ -147,3 +147,9 @@ def with_db_errors(handler: Handler) -> Handler:
             return await handler(request)
 
     return wrapper
+
+
+def error_response(exc: ProxyError) -> Response:
+    headers = {k.decode(): v.decode() for k, v in exc.headers}
+    return Response(exc.body(), status_code=exc.status_code, media_type="application/json",
+                    headers=headers)
