@@ -65,7 +65,10 @@ def _clean(mock: MockUpstream) -> Iterator[None]:
 
 @pytest.fixture
 def client(mock: MockUpstream) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=mock.url, timeout=10) as c:
+    # Anthropic's version header, as every real client sends it (the mock requires it on
+    # /v1/messages, like the real API; OpenAI paths ignore it).
+    with httpx.Client(base_url=mock.url, timeout=10,
+                      headers={"anthropic-version": "2023-06-01"}) as c:
         yield c
 
 
@@ -236,7 +239,8 @@ def test_anthropic_messages(client: httpx.Client) -> None:
     assert data["model"] == "claude-3-haiku"
     assert data["content"] == [{"type": "text", "text": "mock reply to: hey claude"}]
     assert data["stop_reason"] == "end_turn"
-    assert data["usage"] == {"input_tokens": 4, "output_tokens": 5}
+    assert data["usage"] == {"input_tokens": 4, "cache_creation_input_tokens": 0,
+                             "cache_read_input_tokens": 0, "output_tokens": 5}
 
     raw = client.post("/v1/messages", json={**body, "stream": True}).text
     names = [ln.removeprefix("event: ") for ln in raw.splitlines() if ln.startswith("event: ")]

@@ -1,4 +1,4 @@
-"""The bundled fake LLM upstream: OpenAI (and minimal Anthropic) wire format over real HTTP.
+"""The bundled fake LLM upstream: OpenAI and Anthropic wire formats over real HTTP.
 
 Tests, demos and benchmarks all use this one fake. Benchmarks compare "direct to mock" with
 "through the proxy", so the mock's own cost must be tiny: it is a raw ASGI callable (no
@@ -24,7 +24,14 @@ Determinism (so tests can check what the proxy forwarded):
   ``dimensions`` is given).
 
 Requests are validated as strictly as the real API (400 with its ``param``): messages,
-limits, ``n`` (1..128), ``tools``/``tool_choice``/tool turns, ``response_format``.
+limits, ``n`` (1..128), ``stream_options`` (streams only), ``tools``/``tool_choice``/tool
+turns, ``response_format``. ``POST /v1/messages`` is as strict as Anthropic's Messages API
+(``anthropic_validate``: the key only as ``x-api-key``, no unknown fields, alternating turns,
+paired ``tool_use``/``tool_result``; 400s in its envelope naming the field), and answers in
+kind (``anthropic_answer``: the echo, ``tool_use`` blocks, stop sequences, ``max_tokens``;
+the real event sequence when streamed), and refuses a request without ``anthropic-version``
+like the real API (``require_anthropic_version=False`` on ``build_app``, ``MockUpstream`` or
+``serve`` lets it through, with the older two-field usage).
 
 Control plane (tests only), under ``/_mock/``: ``GET stats``, ``POST reset``, ``POST fail``
 (``{"mode": <one of FAIL_MODES>, "count": n}``, queued FIFO; what each mode does is in
@@ -34,7 +41,9 @@ Control plane (tests only), under ``/_mock/``: ``GET stats``, ``POST reset``, ``
 Layout: ``state`` (counters, failure queue, config), ``protocol`` (what both dialects
 share: error envelope, validation helpers, the echo reply), ``openai_api`` and
 ``anthropic_api`` (the two wire formats), with ``tools``, ``response_format`` and
-``schema_values`` (JSON Schema -> value) for chat's options, ``asgi`` (raw ASGI plumbing),
+``schema_values`` (JSON Schema -> value) for chat's options and ``anthropic_validate``
+(with ``anthropic_turns`` for ``messages`` and ``anthropic_checks``, its error wording) and
+``anthropic_answer`` for the Messages API, ``asgi`` (raw ASGI plumbing),
 ``routes`` (path -> handler), ``failures`` (injected failures), ``app`` (dispatcher,
 control plane) and ``server`` (uvicorn: ``serve()`` and ``MockUpstream``).
 """

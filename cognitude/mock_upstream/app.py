@@ -1,9 +1,9 @@
 """The raw ASGI dispatcher: parsing, counting, auth, injected failures, the control plane.
 
 Every API request is counted first (tests assert "upstream called exactly N times"), then
-delayed by the configured latency, then: unknown path 404, wrong method 405, bad key 401 --
-none of which consume a queued failure -- then the next queued failure, if any
-(``failures``), and only then the path's handler (``routes``).
+delayed by the configured latency, then: unknown path 404, wrong method 405, bad key 401,
+a bad ``anthropic-version`` 400 -- none of which consume a queued failure -- then the next
+queued failure, if any (``failures``), and only then the path's handler (``routes``).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class MockApp:
         if st.latency_s > 0:
             await asyncio.sleep(st.latency_s)
 
-        refused = refusal(call, st.require_key)
+        refused = refusal(call, st)
         if refused is not None:
             return await respond(call, refused, st, send)
         failure = st.next_failure()
@@ -88,6 +88,15 @@ class MockApp:
         await respond(call, handle(call), st, send)
 
 
-def build_app(*, latency_ms: float = 0.0, require_key: str | None = None) -> MockApp:
-    """The raw ASGI callable (a ``MockApp``; its ``.state`` is the in-process control)."""
-    return MockApp(MockState(latency_ms, require_key))
+def build_app(
+    *,
+    latency_ms: float = 0.0,
+    require_key: str | None = None,
+    require_anthropic_version: bool = True,
+) -> MockApp:
+    """The raw ASGI callable (a ``MockApp``; its ``.state`` is the in-process control).
+
+    ``require_anthropic_version``: refuse ``/v1/messages`` without the header, as the real
+    API does (off by default only for callers that predate the strict Anthropic side).
+    """
+    return MockApp(MockState(latency_ms, require_key, require_anthropic_version))

@@ -1,12 +1,24 @@
 """Injected failures: what each mode in ``state.FAIL_MODES`` answers instead of the handler.
 
-Every mode applies to any API path unless noted:
+Every mode applies to any API path unless noted; on ``/v1/messages`` every error is in
+Anthropic's envelope ``{"type": "error", "error": {"type", "message"}}``:
 
-* ``429`` / ``500`` / ``400``: that OpenAI error at once (429 with ``retry-after: 1``).
+* ``429`` / ``500`` / ``400``: that error at once, 429 with ``retry-after: 1``. OpenAI's
+  types ``requests`` / ``server_error`` / ``invalid_request_error``; on ``/v1/messages``
+  ``rate_limit_error`` / ``api_error`` / ``invalid_request_error``.
+* ``529``: on ``/v1/messages``, Anthropic's overload: status 529, ``{"type": "error",
+  "error": {"type": "overloaded_error", "message": "Overloaded"}}``. OpenAI has no 529; on
+  its paths this is the 503 it answers when overloaded (``server_error``, "The server is
+  overloaded or not ready yet."), so a proxy's overload handling is tested per dialect.
+* ``stream_error`` (stream ``/v1/messages`` requests): the 200 stream begins --
+  ``message_start``, ``content_block_start``, ``ping``, the first delta -- then ``event:
+  error`` with the overloaded_error data above, and the body ends (no ``message_stop``):
+  what the real API sends when it is overloaded mid-answer.
 * ``timeout``: no response for up to 60 s (ends early on disconnect or shutdown), then the
   normal answer.
 * ``drop``: non-stream, the connection is closed before any response; stream, after the
-  first two events, without the terminating chunk.
+  first two events (chat: the role chunk and a word; messages: ``message_start`` and
+  ``content_block_start``), without the terminating chunk.
 * ``redirect``: ``302`` with ``Location: <redirect_location>`` and an empty body.
 * ``not_json``: ``200``, ``content-type: application/json``, an HTML body.
 * ``no_usage`` (stream chat completions): the normal stream, ignoring
@@ -15,18 +27,20 @@ Every mode applies to any API path unless noted:
   so never a complete event) every ``chunk_delay_ms`` (10 ms when 0), until the client
   disconnects, the server stops or 60 s pass; then the body ends.
 * ``stall_stream`` (stream requests): the first two events, then silence (the connection
-  kept open) until disconnect, shutdown or 60 s; then the body ends, without ``[DONE]``.
+  kept open) until disconnect, shutdown or 60 s; then the body ends, without ``[DONE]``
+  (or ``message_stop``).
 * ``huge`` (non-stream chat completions): a normal 200 completion whose content is
   ``huge_bytes`` characters of words (max_tokens ignored).
 
 A mode on a request it does not apply to answers the injected ``500`` (its message names
 the mode). The modes that shape the normal answer (``drop`` and ``stall_stream`` on a
-stream, ``no_usage``, ``huge``) need a valid request: an invalid one gets its 400 instead.
-Either way the queued failure is used up.
+stream, ``no_usage``, ``huge``, ``stream_error``) need a valid request: an invalid one gets
+its 400 instead. Either way the queued failure is used up.
 """
 
 from __future__ import annotations
 
+from cognitude.mock_upstream import anthropic_api
 from cognitude.mock_upstream.asgi import (
     Receive,
     Send,
@@ -38,9 +52,10 @@ from cognitude.mock_upstream.asgi import (
     start_events,
 )
 from cognitude.mock_upstream.protocol import Reply, error
-from cognitude.mock_upstream.routes import CHAT, Call, handle, respond
+from cognitude.mock_upstream.routes import CHAT, MESSAGES, Call, handle, respond
 from cognitude.mock_upstream.state import MockState
 
+_RETRY_AFTER = ((b"retry-after", b"1"),)
 IMMEDIATE: dict[str, Reply] = {
     "429": error(
         429,
@@ -48,7 +63,7 @@ IMMEDIATE: dict[str, Reply] = {
         None,
         "rate_limit_exceeded",
         kind="requests",
-        headers=((b"retry-after", b"1"),),
+        headers=_RETRY_AFTER,
     ),
     "500": error(
         500,
@@ -56,10 +71,23 @@ IMMEDIATE: dict[str, Reply] = {
         kind="server_error",
     ),
     "400": error(400, "Invalid 'messages': injected failure (mock).", "messages", "invalid_value"),
+    "529": error(503, "The server is overloaded or not ready yet.", kind="server_error"),
+}
+# The same modes in Anthropic's words (``routes.respond`` re-shapes the envelope by status).
+ANTHROPIC_IMMEDIATE: dict[str, Reply] = {
+    "429": error(
+        429, "Number of requests has exceeded your rate limit (mock).", headers=_RETRY_AFTER
+    ),
+    "500": error(500, "Internal server error"),
+    "400": error(400, "messages: injected failure (mock)"),
+    "529": error(529, "Overloaded"),
 }
 NOT_JSON_BODY = b"<html><body>upstream hiccup</body></html>"
 _CT_JSON = ((b"content-type", b"application/json"),)
 _EVENTS_BEFORE_CUT = 2  # "drop" and "stall_stream": the client has seen a stream begin
+# "stream_error": message_start, content_block_start, ping and one delta -- the client has
+# already seen part of the answer, so a proxy cannot pass it off as a clean failure.
+_EVENTS_BEFORE_ERROR = 4
 _HUGE_WORD = "huge "  # words, so the word-count usage stays meaningful
 
 # Which requests each shaping mode applies to (the rest answer everything).
@@ -76,6 +104,8 @@ def _applies(mode: str, call: Call) -> Reply | None:
     """None when ``mode`` can shape this request, else the 500 that stands in for it."""
     if mode in _STREAM_ONLY and not call.stream:
         return _not_applicable(mode, "stream requests")
+    if mode == "stream_error" and not (call.path == MESSAGES and call.stream):
+        return _not_applicable(mode, "stream /v1/messages requests")
     if mode == "no_usage" and not (call.path == CHAT and call.stream):
         return _not_applicable(mode, "stream chat completions")
     if mode == "huge" and not (call.path == CHAT and not call.stream):
@@ -83,9 +113,14 @@ def _applies(mode: str, call: Call) -> Reply | None:
     return None
 
 
+def _immediate(mode: str, call: Call) -> Reply | None:
+    table = ANTHROPIC_IMMEDIATE if call.path == MESSAGES else IMMEDIATE
+    return table.get(mode)
+
+
 async def inject(mode: str, call: Call, state: MockState, receive: Receive, send: Send) -> None:
     """Answer ``call`` as failure ``mode`` dictates (the mode is already dequeued)."""
-    refused = IMMEDIATE.get(mode) or _applies(mode, call)
+    refused = _immediate(mode, call) or _applies(mode, call)
     if refused is not None:
         return await respond(call, refused, state, send)
     if mode == "timeout":
@@ -107,6 +142,9 @@ async def inject(mode: str, call: Call, state: MockState, receive: Receive, send
     result = handle(call, usage_chunk=mode != "no_usage")
     if isinstance(result, tuple) or mode == "no_usage":
         return await respond(call, result, state, send)
+    if mode == "stream_error":
+        events = [*result[:_EVENTS_BEFORE_ERROR], anthropic_api.stream_error()]
+        return await send_events(events, state, send)
     # "drop" and "stall_stream" on a stream: the stream begins, then breaks.
     await send_events(result, state, send, stop_at=_EVENTS_BEFORE_CUT)
     if mode == "drop":

@@ -75,6 +75,22 @@ def _bad_n(req: dict[str, Any]) -> Reply | None:
     return None
 
 
+def _bad_stream_options(req: dict[str, Any]) -> Reply | None:
+    """As the real API: ``stream_options`` only on a stream (null is as good as absent)."""
+    opts = req.get("stream_options")
+    if opts is None:
+        return None
+    if req.get("stream") is not True:
+        return error(
+            400,
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "stream_options",
+        )
+    if not isinstance(opts, dict):
+        return invalid_type("stream_options", "an object", opts)
+    return None
+
+
 def _choices(req: dict[str, Any], seq: int, filler: str | None) -> tuple[list[_Choice], int]:
     """Every choice's answer, and completion tokens summed over them."""
     limit = req.get("max_completion_tokens") or req.get("max_tokens")
@@ -116,6 +132,7 @@ def chat(
         validate_messages(req)
         or bad_limit(req, "max_tokens", "max_completion_tokens")
         or _bad_n(req)
+        or _bad_stream_options(req)
         or tools.validate(req)
         or response_format.validate(req)
     )

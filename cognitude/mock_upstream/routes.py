@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cognitude.mock_upstream import anthropic_api, openai_api
+from cognitude.mock_upstream.anthropic_validate import header_refusal
 from cognitude.mock_upstream.asgi import Send, send_events, send_json
 from cognitude.mock_upstream.protocol import Reply, Response, error
 from cognitude.mock_upstream.state import MockState
@@ -50,14 +51,17 @@ class Call:
         )
 
 
-def refusal(call: Call, key: str | None) -> Reply | None:
-    """404 / 405 / 401, checked before any injected failure is consumed."""
-    method, path, headers = call.method, call.path, call.headers
+def refusal(call: Call, state: MockState) -> Reply | None:
+    """404 / 405 / 401 (and Anthropic's header 400s), checked before any injected failure
+    is consumed. ``/v1/messages`` takes the key only as ``x-api-key``, like the real API."""
+    method, path, headers, key = call.method, call.path, call.headers, state.require_key
     expected = "GET" if call.model_id else API_PATHS.get(path)
     if expected is None:
         return error(404, f"Invalid URL ({method} {path})")
     if method != expected:
         return error(405, f"Method not allowed ({method} {path})")
+    if path == MESSAGES:
+        return header_refusal(headers, key, state.require_anthropic_version)
     if key is not None and key not in (
         headers.get("authorization", "").removeprefix("Bearer "),
         headers.get("x-api-key"),
@@ -75,7 +79,8 @@ def handle(call: Call, *, usage_chunk: bool = True, filler: str | None = None) -
             call.req, call.seq, call.stream, usage_chunk=usage_chunk, filler=filler
         )
     if call.path == MESSAGES:
-        return anthropic_api.messages(call.req, call.seq, call.stream)
+        version = call.headers.get("anthropic-version")
+        return anthropic_api.messages(call.req, call.seq, call.stream, version=version)
     if call.path == "/v1/embeddings":
         return openai_api.embeddings(call.req)
     model_id = call.model_id

@@ -42,6 +42,7 @@ def serve(
     latency_ms: float = 0.0,
     *,
     require_key: str | None = None,
+    require_anthropic_version: bool = True,
     fd: int | None = None,
 ) -> None:
     """Run the mock upstream in the foreground (``cognitude mock-upstream``).
@@ -49,7 +50,11 @@ def serve(
     With ``fd``, serve on that already-bound, listening socket (``host``/``port`` unused):
     a parent that binds the port itself knows it is ours, with no free-port race.
     """
-    app = build_app(latency_ms=latency_ms, require_key=require_key)
+    app = build_app(
+        latency_ms=latency_ms,
+        require_key=require_key,
+        require_anthropic_version=require_anthropic_version,
+    )
     if fd is None:
         server = uvicorn.Server(_config(app, host=host, port=port))
         app.state.server = server
@@ -68,9 +73,18 @@ class MockUpstream:
     """The real server on a loopback port, run in a daemon thread (for tests)."""
 
     def __init__(
-        self, *, latency_ms: float = 0.0, require_key: str | None = None, port: int = 0
+        self,
+        *,
+        latency_ms: float = 0.0,
+        require_key: str | None = None,
+        require_anthropic_version: bool = True,
+        port: int = 0,
     ) -> None:
-        self.app = build_app(latency_ms=latency_ms, require_key=require_key)
+        self.app = build_app(
+            latency_ms=latency_ms,
+            require_key=require_key,
+            require_anthropic_version=require_anthropic_version,
+        )
         self.port = port
         self.url = ""
         self._server: uvicorn.Server | None = None

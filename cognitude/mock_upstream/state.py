@@ -23,6 +23,8 @@ FAIL_MODES = frozenset(
         "trickle",
         "stall_stream",
         "huge",
+        "529",
+        "stream_error",
     }
 )
 # Where "redirect" points by default: the cloud metadata address, the classic SSRF target a
@@ -37,11 +39,14 @@ class MockState:
     """Counters, injected failures and run-time config. Mutated from the server's event loop
     and from test threads (MockUpstream), hence the lock; every critical section is tiny."""
 
-    def __init__(self, latency_ms: float, require_key: str | None) -> None:
+    def __init__(
+        self, latency_ms: float, require_key: str | None, require_anthropic_version: bool = True
+    ) -> None:
         self.lock = threading.Lock()
         self.latency_s = latency_ms / 1000.0
         self.chunk_delay_s = 0.0
         self.require_key = require_key
+        self.require_anthropic_version = require_anthropic_version
         self.redirect_location = DEFAULT_REDIRECT
         self.huge_bytes = DEFAULT_HUGE_BYTES
         self.failures: deque[str] = deque()
