@@ -46,6 +46,7 @@ from cognitude.management import accounts, cache_settings, limits, providers, se
 from cognitude.management.analytics import analytics_usage
 from cognitude.management.common import error_response
 from cognitude.metrics import metrics
+from cognitude.providers.cooldowns import CooldownFeed, Cooldowns
 from cognitude.providers.deadlines import Deadlines
 from cognitude.providers.upstream import Providers, create_session
 from cognitude.state import AppState
@@ -180,17 +181,18 @@ class CognitudeApp:
             deadlines = Deadlines(cfg.upstream.total_timeout_s)
             deadlines.start()
             stack.push_async_callback(deadlines.close)
+            cooldowns = await _start_cooldowns(cfg, redis, stack)
             state = AppState(
                 cfg=cfg, secrets=secrets, redis=redis, pipe=pipe, pg=pg, gate=gate,
                 limits_usage=UsageReader(redis), keys=keycache, providers=providers,
                 session=session, codec=ValueCodec(cfg.cache.compress_min_bytes),
                 accountant=accountant, cold=cold, outage=Outage(),
-                analytics=RecentRefreshes(), deadlines=deadlines,
+                analytics=RecentRefreshes(), deadlines=deadlines, cooldowns=cooldowns,
             )
             app.state.cognitude = state
             self.hot = {
-                "/v1/chat/completions": ProxyRoute(state, "chat", "/chat/completions", True),
-                "/v1/embeddings": ProxyRoute(state, "embeddings", "/embeddings", False),
+                "/v1/chat/completions": ProxyRoute(state, "chat", True),
+                "/v1/embeddings": ProxyRoute(state, "embeddings", False),
             }
             # Everything allocated so far lives until shutdown: move it out of the cyclic
             # GC's generations so collections during traffic scan only per-request objects.
@@ -284,6 +286,15 @@ async def _start_identity(cfg: Config, secrets: config_mod.Secrets, providers: P
     await invalidator.start()
     stack.push_async_callback(invalidator.close)
     return keycache
+
+
+async def _start_cooldowns(cfg: Config, redis: aioredis.Redis,
+                           stack: AsyncExitStack) -> Cooldowns:
+    cooldowns = Cooldowns(cfg.upstream)
+    feed = CooldownFeed(redis, cooldowns)  # every replica hears of a cooldown in ~1 s
+    await feed.start()
+    stack.push_async_callback(feed.close)
+    return cooldowns
 
 
 def create_app(cfg: Config | None = None) -> CognitudeApp:

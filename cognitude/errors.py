@@ -14,7 +14,7 @@
     │   └── CredentialUnreadable     503 server_error / provider_credential_unreadable
     └── UpstreamError                502 upstream_error          (unreachable, bad reply)
         ├── UpstreamTimeout          504 timeout
-        └── UpstreamHTTPError        <upstream's 4xx>            (passed through in OpenAI shape)
+        └── UpstreamHTTPError        <upstream's 4xx, or 503>    (in OpenAI shape)
 
 Every error body is ``{"error": {"message", "type", "param", "code"}}``: the OpenAI SDK maps
 the status to its own exception classes (429 → ``RateLimitError``). Messages never contain a
@@ -121,9 +121,20 @@ class CredentialUnreadable(ServiceUnavailable):
 
 
 class UpstreamError(ProxyError):
+    """An upstream that did not answer. ``retryable``: a transient failure (connect error,
+    timeout, 408/429/5xx/529) that the next attempt of the plan may succeed past;
+    ``retry_after_s``: how long the upstream asked to be left alone (Retry-After)."""
+
     status = 502
     type = "upstream_error"
     code = "upstream_unreachable"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None, retryable: bool = True,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message, param=param, code=code, headers=headers)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamTimeout(UpstreamError):
@@ -137,8 +148,10 @@ class UpstreamHTTPError(UpstreamError):
 
     code = "upstream_client_error"
 
-    def __init__(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        super().__init__("upstream error", headers=headers)
+    def __init__(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]], *,
+                 retryable: bool = False, retry_after_s: float | None = None) -> None:
+        super().__init__("upstream error", headers=headers, retryable=retryable,
+                         retry_after_s=retry_after_s)
         self._status = status
         self._body = body
 

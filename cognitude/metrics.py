@@ -49,6 +49,7 @@ def render(st: AppState) -> str:
          st.keys.refreshes),
     ):
         _line(out, f"cognitude_key_{name}_total", "counter", help_, [("", value)])
+    _upstream(out, st)
     if st.cold is not None:
         for name, help_, value in (
             ("entries_written", "Cache entries written to the cold tier.",
@@ -60,6 +61,27 @@ def render(st: AppState) -> str:
         ):
             _line(out, f"cognitude_cold_cache_{name}_total", "counter", help_, [("", value)])
     return "\n".join(out) + "\n"
+
+
+def _upstream(out: list[str], st: AppState) -> None:
+    """Attempts, fallbacks and cooldowns (counted by the hot routes' dispatchers)."""
+    counts = st.upstream_counts
+    for name, help_ in (
+        ("calls", "Upstream calls, retries and fallbacks included."),
+        ("retries", "Upstream calls after a request's first (retries and fallbacks)."),
+        ("fallbacks", "Requests answered by a fallback model."),
+        ("skipped", "Cooled-down deployments passed over by a request."),
+    ):
+        _line(out, f"cognitude_upstream_{name}_total", "counter", help_,
+              [("", counts.get(name, 0))])
+    cd = st.cooldowns
+    _line(out, "cognitude_cooldowns_started_total", "counter",
+          "Deployment cooldowns this process started.", [("", cd.started)])
+    _line(out, "cognitude_cooldowns_received_total", "counter",
+          "Deployment cooldowns announced by other replicas.", [("", cd.applied)])
+    _line(out, "cognitude_deployment_cooled_down", "gauge",
+          "1 for each deployment currently cooled down.",
+          [(f'{{deployment="{d}"}}', 1) for d in cd.cooled_now()])
 
 
 async def metrics(request: Request) -> Response:

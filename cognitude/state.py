@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import asyncpg
@@ -16,6 +16,7 @@ from cognitude.gate.gate import Gate, Outage, UsageReader
 from cognitude.gate.redis_pipe import RedisPipe
 from cognitude.identity.keycache import KeyCache
 from cognitude.ledger.accounting import Accountant
+from cognitude.providers.cooldowns import Cooldowns
 from cognitude.providers.deadlines import Deadlines
 from cognitude.providers.upstream import Providers
 
@@ -38,3 +39,6 @@ class AppState:
     outage: Outage  # fail-open bookkeeping: logged once when Redis goes, once when it is back
     analytics: RecentRefreshes  # when each org's rollup was last refreshed by a GET
     deadlines: Deadlines  # upstream.total_timeout_s for every exchange in flight
+    cooldowns: Cooldowns  # deployments to pass over for a while, shared across replicas
+    # Upstream calls, retries, fallbacks, skipped deployments (hotpath.dispatch; /metrics).
+    upstream_counts: dict[str, int] = field(default_factory=dict)

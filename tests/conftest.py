@@ -154,7 +154,8 @@ class Proxy:
 
 
 def write_config(path: Path, *, redis_url: str, pg_dsn: str, upstream_url: str, port: int,
-                 extra: str = "", provider_extra: str = "") -> None:
+                 extra: str = "", provider_extra: str = "", max_attempts: int = 1,
+                 upstream_extra: str = "") -> None:
     path.write_text(f"""
 data_dir = "{path.parent / 'data'}"
 [server]
@@ -171,6 +172,11 @@ compress_min_bytes = 400
 [upstream]
 connect_timeout_s = 2.0
 read_timeout_s = 2.0
+# One call per request: most tests inject one upstream failure and assert how it is
+# answered. Retries and fallbacks (the default is 3) are tested in test_attempts.py with
+# proxies of their own (upstream_extra adds keys to this table).
+max_attempts = {max_attempts}
+{upstream_extra}
 [providers.mock]
 base_url = "{upstream_url}/v1"
 api_key_env = "MOCK_PROVIDER_KEY"
@@ -181,13 +187,15 @@ models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 
 
 def start_proxy(tmp: Path, *, redis_url: str, pg_dsn: str, upstream_url: str,
-                extra: str = "", provider_extra: str = "",
+                extra: str = "", provider_extra: str = "", max_attempts: int = 1,
+                upstream_extra: str = "",
                 env: dict[str, str | None] | None = None) -> Proxy:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = tmp / "config.toml"
     write_config(cfg, redis_url=redis_url, pg_dsn=pg_dsn, upstream_url=upstream_url,
-                 port=port, extra=extra, provider_extra=provider_extra)
+                 port=port, extra=extra, provider_extra=provider_extra,
+                 max_attempts=max_attempts, upstream_extra=upstream_extra)
     log_path = tmp / "proxy.log"
     full_env = {**os.environ, "MOCK_PROVIDER_KEY": "sk-mock-provider-secret-123",
                 # One key for the session: credentials stored by one test's proxy must not

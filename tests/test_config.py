@@ -56,9 +56,20 @@ def test_config_is_frozen():
     ({"providers": {"a": {"base_url": "ftp://x"}}}, "providers.a.base_url"),
     ({"providers": {"a": {"base_url": "http://x", "kind": "cohere"}}}, "providers.a.kind"),
     ({"providers": {"a": {"base_url": "http://x", "modles": []}}}, "providers.a.modles"),
-    ({"providers": {"a": {"base_url": "http://a", "models": ["m"]},
-                    "b": {"base_url": "http://b", "models": ["m"]}}},
-     "providers.b.models: 'm' is already served by providers.a"),
+    ({"providers": {"a": {"base_url": "http://a", "models": ["m", "n", "m"]}}},
+     "providers.a.models: 'm' is listed twice"),
+    ({"providers": {"a": {"base_url": "http://a", "models": ["m"]}},
+      "routing": {"fallbacks": {"m": ["x"]}}},
+     "routing.fallbacks.'m': fallback 'x' is not served by any provider"),
+    ({"providers": {"a": {"base_url": "http://a", "models": ["m"]}},
+      "routing": {"fallbacks": {"m": "m2"}}}, "routing.fallbacks.'m': expected a non-empty"),
+    ({"providers": {"a": {"base_url": "http://a", "models": ["m"]}},
+      "routing": {"fallbacks": {"m": ["m"]}}}, "a model cannot be its own fallback"),
+    ({"providers": {"a": {"base_url": "http://a", "models": ["m"]}},
+      "routing": {"aliases": {"m": "m"}}}, "routing.aliases.'m': 'm' is a model served"),
+    ({"routing": {"fallback": {}}}, "f.toml: routing.fallback: unknown key"),
+    ({"upstream": {"max_attempts": 0}}, "f.toml: upstream.max_attempts: must be 1..10"),
+    ({"upstream": {"cooldown_failure_rate": 1.5}}, "upstream.cooldown_failure_rate"),
     ({"auth": {"static_keys": [{"org": "x"}]}}, "auth.static_keys[0]: set exactly one"),
     ({"auth": {"static_keys": [{"org": "x", "key_sha256": "abc"}]}},
      "auth.static_keys[0].key_sha256"),
@@ -67,6 +78,17 @@ def test_bad_values_name_file_and_key(raw, message):
     with pytest.raises(ConfigError) as info:
         config.parse(raw, "f.toml", env={})
     assert message in str(info.value)
+
+
+def test_a_model_under_several_providers_is_several_deployments_in_file_order():
+    cfg = config.parse({"providers": {"a": {"base_url": "http://a", "models": ["m"]},
+                                      "b": {"base_url": "http://b", "models": ["m", "n"]}},
+                        "routing": {"fallbacks": {"m": ["n"]}, "aliases": {"fast": "n"}}},
+                       "f.toml", env={})
+    assert [p.name for p in cfg.providers if "m" in p.models] == ["a", "b"]
+    assert cfg.routing.fallbacks_of("m") == ("n",)
+    assert cfg.routing.fallbacks_of("n") == ()
+    assert dict(cfg.routing.aliases) == {"fast": "n"}
 
 
 def test_env_overrides_single_keys():

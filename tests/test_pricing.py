@@ -115,3 +115,27 @@ def test_new_model_missing_field_is_named() -> None:
                                     "context_window": 1000, "tier": "premium"}})
     with pytest.raises(ValueError, match="'weird'"):
         load_catalog({"weird": "not a table"})  # type: ignore[dict-item]
+
+
+def test_a_deployment_price_patches_its_model_for_that_provider_only() -> None:
+    catalog = load_catalog({"azure/gpt-4o": {"input_per_mtok": 5.0}})
+    assert catalog.cost_micros("gpt-4o", 1_000_000, 0, "azure") == 5_000_000
+    assert catalog.cost_micros("gpt-4o", 1_000_000, 0, "openai") == 2_500_000
+    assert catalog.cost_micros("gpt-4o", 1_000_000, 0) == 2_500_000
+    # The rest of the entry is the model's own.
+    assert catalog.cost_micros("gpt-4o", 0, 1_000_000, "azure") == 10_000_000
+    with pytest.raises(ValueError, match="'nowhere/unknown-model'"):
+        load_catalog({"nowhere/unknown-model": {"input_per_mtok": 1.0}})
+
+
+def test_max_output_tokens_is_the_models_output_limit() -> None:
+    catalog = load_catalog({"my-model": {"provider": "x", "input_per_mtok": 1,
+                                         "output_per_mtok": 1, "context_window": 1000,
+                                         "tier": "economy", "max_output_tokens": 512}})
+    assert catalog.max_output("claude-sonnet-4") == 64000
+    assert catalog.max_output("claude-sonnet-4-20250514") == 64000  # a dated snapshot
+    assert catalog.max_output("my-model") == 512
+    assert catalog.max_output("gpt-4o") == 4096  # not listed: the default
+    assert catalog.max_output("no-such-model") == 4096
+    with pytest.raises(ValueError, match="max_output_tokens"):
+        load_catalog({"gpt-4o": {"max_output_tokens": 0}})

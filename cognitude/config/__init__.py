@@ -26,6 +26,7 @@ from cognitude.config.schema import (
     ProviderConfig,
     RateLimitConfig,
     RedisConfig,
+    RoutingConfig,
     ServerConfig,
     StaticKey,
     UpstreamConfig,
@@ -45,7 +46,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH", "ENV_PREFIX", "_SECTIONS",
     "AlertsConfig", "AuthConfig", "BudgetsConfig", "CacheConfig", "Config", "ConfigError",
     "MaintenanceConfig", "PostgresConfig", "ProviderConfig", "RateLimitConfig", "RedisConfig",
-    "Secrets", "ServerConfig", "StaticKey", "UpstreamConfig", "UsageConfig",
+    "RoutingConfig", "Secrets", "ServerConfig", "StaticKey", "UpstreamConfig", "UsageConfig",
     "ensure_dev_encryption_key", "export_env", "load", "parse", "read_secrets",
     "secret_env_names", "sha256_hex", "startup_warnings",
 ]

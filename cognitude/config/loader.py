@@ -29,6 +29,7 @@ from cognitude.config.schema import (
     ProviderConfig,
     RateLimitConfig,
     RedisConfig,
+    RoutingConfig,
     ServerConfig,
     UpstreamConfig,
     UsageConfig,
@@ -224,6 +225,19 @@ def _validate(cfg: Config) -> None:
     positive(cfg.upstream.total_timeout_s, "upstream.total_timeout_s")
     positive(cfg.upstream.max_response_bytes, "upstream.max_response_bytes")
     positive(cfg.upstream.pool_size, "upstream.pool_size")
+    up = cfg.upstream
+    if not 1 <= up.max_attempts <= 10:
+        raise ConfigError(f"upstream.max_attempts: must be 1..10, got {up.max_attempts}")
+    if up.retry_after_max_s < 0:
+        raise ConfigError("upstream.retry_after_max_s: must be >= 0")
+    positive(up.backoff_base_ms, "upstream.backoff_base_ms")
+    if up.backoff_max_ms < up.backoff_base_ms:
+        raise ConfigError("upstream.backoff_max_ms: must be >= upstream.backoff_base_ms")
+    positive(up.cooldown_s, "upstream.cooldown_s")
+    if not 0 < up.cooldown_failure_rate <= 1:
+        raise ConfigError("upstream.cooldown_failure_rate: must be in (0, 1], got "
+                          f"{up.cooldown_failure_rate}")
+    positive(up.cooldown_min_calls, "upstream.cooldown_min_calls")
     positive(cfg.auth.key_cache_ttl_s, "auth.key_cache_ttl_s")
     positive(cfg.auth.lookup_timeout_ms, "auth.lookup_timeout_ms")
     positive(cfg.auth.register_per_hour, "auth.register_per_hour")
@@ -238,19 +252,72 @@ def _validate(cfg: Config) -> None:
             len(sk.key_sha256) != 64 or any(c not in "0123456789abcdef" for c in sk.key_sha256)
         ):
             raise ConfigError(f"{where}.key_sha256: expected 64 lowercase hex characters")
-    owner: dict[str, str] = {}
+    served: set[str] = set()
     for p in cfg.providers:
         where = f"providers.{p.name}"
         if p.kind not in _PROVIDER_KINDS:
             raise ConfigError(f"{where}.kind: expected one of {_PROVIDER_KINDS}, got {p.kind!r}")
         if not p.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.base_url: expected an http(s) URL, got {p.base_url!r}")
-        for m in p.models:
-            if m in owner:
-                raise ConfigError(
-                    f"{where}.models: {m!r} is already served by providers.{owner[m]}"
-                )
-            owner[m] = p.name
+        if "/" in p.name:
+            raise ConfigError(f"{where}: a provider name may not contain '/'")
+        # A model under several providers is several deployments (tried in file order);
+        # twice under one provider is a typo.
+        twice = sorted({m for m in p.models if p.models.count(m) > 1})
+        if twice:
+            raise ConfigError(f"{where}.models: {twice[0]!r} is listed twice")
+        served.update(p.models)
+    _validate_routing(cfg.routing, served)
+
+
+def _validate_routing(routing: RoutingConfig, served: set[str]) -> None:
+    for model, targets in routing.fallbacks:
+        where = f"routing.fallbacks.{model!r}"
+        if model not in served:
+            raise ConfigError(f"{where}: no provider serves {model!r} (its fallbacks would "
+                              "never be used)")
+        for t in targets:
+            if t not in served:
+                raise ConfigError(f"{where}: fallback {t!r} is not served by any provider")
+            if t == model:
+                raise ConfigError(f"{where}: a model cannot be its own fallback")
+    for alias, model in routing.aliases:
+        where = f"routing.aliases.{alias!r}"
+        if alias in served:
+            raise ConfigError(f"{where}: {alias!r} is a model served by a provider; an alias "
+                              "may not hide it")
+        if model not in served:
+            raise ConfigError(f"{where}: {model!r} is not served by any provider")
+
+
+def _routing(value: Any) -> RoutingConfig:
+    """``[routing]``: tables of model names, which the generic schema coercion has no type
+    for (a TOML table with arbitrary keys)."""
+    if not isinstance(value, dict):
+        raise ConfigError("routing: expected a table")
+    tbl = value
+    unknown = sorted(set(tbl) - {"fallbacks", "aliases"})
+    if unknown:
+        raise ConfigError(f"routing.{unknown[0]}: unknown key (known: aliases, fallbacks)")
+    fallbacks = []
+    for model, targets in _name_table(tbl.get("fallbacks", {}), "routing.fallbacks"):
+        if (not isinstance(targets, list) or not targets
+                or not all(isinstance(t, str) and t for t in targets)):
+            raise ConfigError(f"routing.fallbacks.{model!r}: expected a non-empty array of "
+                              f"model names, got {targets!r}")
+        fallbacks.append((model, tuple(targets)))
+    aliases = []
+    for alias, model in _name_table(tbl.get("aliases", {}), "routing.aliases"):
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"routing.aliases.{alias!r}: expected a model name, got {model!r}")
+        aliases.append((alias, model))
+    return RoutingConfig(tuple(fallbacks), tuple(aliases))
+
+
+def _name_table(value: Any, where: str) -> list[tuple[str, Any]]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table of model names")
+    return list(value.items())
 
 
 def parse(raw: dict[str, Any], source: str, env: typing.Mapping[str, str] | None = None) -> Config:
@@ -273,10 +340,12 @@ def parse(raw: dict[str, Any], source: str, env: typing.Mapping[str, str] | None
                 )
             elif key == "prices":
                 kwargs[key] = _prices(value)
+            elif key == "routing":
+                kwargs[key] = _routing(value)
             elif key in _SECTIONS:
                 kwargs[key] = _coerce(value, _SECTIONS[key], key)
             else:
-                known = ", ".join(["data_dir", "providers", "prices", *_SECTIONS])
+                known = ", ".join(["data_dir", "providers", "prices", "routing", *_SECTIONS])
                 raise ConfigError(f"{key}: unknown key (known: {known})")
         cfg = Config(**kwargs)
         _validate(cfg)

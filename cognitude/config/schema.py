@@ -114,6 +114,21 @@ class UpstreamConfig:
     # larger one is a 502, never an unbounded buffer.
     max_response_bytes: int = 32 * 1024 * 1024
     pool_size: int = 256
+    # One budget for retries and fallbacks together: at most this many upstream calls per
+    # request (DESIGN §11). 1 turns both off.
+    max_attempts: int = 3
+    # A Retry-After longer than this is not waited for: the next deployment is tried, or
+    # the error goes to the client (who can wait, with the header passed on).
+    retry_after_max_s: float = 5.0
+    # Full-jitter backoff before calling a deployment again: uniform(0, min(max, base * 2^n)).
+    backoff_base_ms: int = 100
+    backoff_max_ms: int = 2000
+    # A deployment whose last calls failed at this rate (over at least cooldown_min_calls),
+    # or that refused the shared key, is skipped for cooldown_s (doubled, up to 8x, each
+    # time it fails again on its first call back).
+    cooldown_s: float = 30.0
+    cooldown_failure_rate: float = 0.5
+    cooldown_min_calls: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +179,20 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """``[routing]``: where a model's requests go besides its own deployments."""
+
+    # model → the models to try, in order, once the model's own deployments failed
+    # (transient failures only, within upstream.max_attempts).
+    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # name → model: a name clients may ask for that is served as another model.
+    aliases: tuple[tuple[str, str], ...] = ()
+
+    def fallbacks_of(self, model: str) -> tuple[str, ...]:
+        return next((to for name, to in self.fallbacks if name == model), ())
+
+
+@dataclass(frozen=True, slots=True)
 class AlertsConfig:
     check_interval_s: int = 3600
     allow_private_targets: bool = False
@@ -193,6 +222,7 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     providers: tuple[ProviderConfig, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     # [prices."<model>"] tables overriding or extending the shipped catalog (prices.toml):

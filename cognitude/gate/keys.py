@@ -10,8 +10,10 @@ from __future__ import annotations
 
 PREFIX = "cog"
 
-# Pub/sub channel for cross-replica key-cache invalidation (cognitude.invalidation).
+# Pub/sub channel for cross-replica key-cache invalidation (identity.invalidation).
 INVALIDATION_CHANNEL = f"{PREFIX}:invalidate"
+# Pub/sub channel for deployment cooldowns (providers.cooldowns): no key, no per-request cost.
+COOLDOWN_CHANNEL = f"{PREFIX}:cooldown"
 
 # Sliding-window limiter hashes, one per window (minute / hour / day).
 WINDOWS = ("m", "h", "d")

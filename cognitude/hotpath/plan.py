@@ -1,78 +1,126 @@
-"""The plan stage: which model the request goes to, through which provider, with which key.
+"""The plan stage: which models the request may go to, through which deployments, with
+which key, in which order.
 
-A ``RoutePlan`` is an ordered list of ``Attempt``s that dispatch runs in order. Today a plan
-has one attempt (the model's single provider); aliases, ``smart-*`` routing, several
-deployments of a model and fallbacks arrive as more attempts and a ``route`` label, without
-another stage changing.
+A ``RoutePlan`` is an ordered list of ``Attempt``s for dispatch to run until one answers:
+the model's own deployments (the providers listing it, in config-file order), then the
+deployments of its ``[routing] fallbacks``, in order. An alias is planned as its model.
+Dispatch spends at most ``upstream.max_attempts`` calls on the list, passing over cooled-down
+deployments while another remains, and calling a deployment again (after a backoff) when
+the list is shorter than the budget.
 
 Every refusal happens here, before the gate counts the request: an unknown model (404), a
-provider that needs the org's own key (403), an org whose stored key does not decrypt (503,
-never a silent switch to the operator's shared key).
+model whose every deployment needs the org's own key (403), an org whose stored key for
+every deployment does not decrypt (503, never a silent switch to the operator's shared key
+at that provider), a model whose providers cannot serve the endpoint (400). A deployment
+the org cannot use is left out of the plan; embeddings fall back to the same model only
+(vectors of two models do not mix).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from cognitude.errors import CredentialUnreadable, PermissionDenied
+from cognitude.errors import CredentialUnreadable, InvalidRequest, PermissionDenied, ProxyError
 from cognitude.identity.keycache import KeyInfo
-from cognitude.providers.openai import OpenAIAdapter
+from cognitude.providers.adapter import Adapter
 from cognitude.providers.upstream import Provider, Providers
 
 
 class Attempt(NamedTuple):
-    """One upstream call: where it goes and with what."""
+    """One deployment to call: where it goes and with what."""
 
     provider: str
-    provider_header: bytes  # X-Cognitude-Provider
-    model: str
+    model: str  # what the provider is asked for
     url: str
     headers: dict[str, str]  # the key of whoever pays: the org's own, or the shared one
     secret: bytes  # that key, to scrub from upstream error bodies
     stream_usage: bool  # ask this provider for usage on chat streams
-    adapter: OpenAIAdapter
+    adapter: Adapter
+    deployment: str  # "<provider>/<model>": what cooldowns are kept for
+    shared: bool  # goes out with the operator's shared key
+    max_output: int  # the model's output limit (for kinds that require max_tokens)
+    route: str | None  # X-Cognitude-Route / usage_log.route when this attempt answers
+    says: tuple[tuple[bytes, bytes], ...]  # X-Cognitude-Model, -Provider (and -Route)
 
 
 class RoutePlan(NamedTuple):
     model: str  # as requested
     attempts: tuple[Attempt, ...]  # in order; dispatch runs them until one answers
-    route: str | None  # X-Cognitude-Route (None: the model as requested)
+    route: str | None  # the route of the first attempt (an alias), for cache hits
 
 
 class Planner:
-    """Plans for one endpoint (``upstream_path``); plans with the operator's shared key are
-    the same for every org, so they are built once per model."""
+    """Plans for one endpoint; plans that use only the operator's shared keys are the same
+    for every org, so they are built once per model."""
 
-    __slots__ = ("_providers", "_path", "_shared")
+    __slots__ = ("_providers", "_endpoint", "_fallbacks", "_max_output", "_shared")
 
-    def __init__(self, providers: Providers, upstream_path: str) -> None:
+    def __init__(self, providers: Providers, endpoint: str,
+                 fallbacks: dict[str, tuple[str, ...]], max_output: dict[str, int]) -> None:
         self._providers = providers
-        self._path = upstream_path
+        self._endpoint = endpoint
+        self._fallbacks = fallbacks if endpoint == "chat" else {}
+        self._max_output = max_output
         self._shared: dict[str, RoutePlan] = {}
 
     def plan(self, info: KeyInfo, model: str) -> RoutePlan:
-        provider = self._providers.resolve(model)  # 404 model_not_found
-        cred = info.credentials.get(provider.name) if info.credentials else None
-        if cred is not None:
-            attempt = self._attempt(provider, model, cred.base_url or provider.base_url,
-                                    cred.headers, cred.secret)
-            return RoutePlan(model, (attempt,), None)
-        if info.unreadable and provider.name in info.unreadable:
-            raise CredentialUnreadable(
-                f"Your organization's stored key for provider `{provider.name}` cannot be "
-                "decrypted on this server; store it again with POST /providers/config.")
-        if not provider.shared:
-            raise PermissionDenied(
-                f"Provider `{provider.name}` needs your organization's own key: store it "
-                "with POST /providers/config.", code="provider_key_required")
-        plan = self._shared.get(model)
-        if plan is None:
-            attempt = self._attempt(provider, model, provider.base_url, provider.headers,
-                                    provider.secret)
-            plan = self._shared[model] = RoutePlan(model, (attempt,), None)
-        return plan
+        if not info.credentials and not info.unreadable:
+            plan = self._shared.get(model)
+            if plan is None:
+                plan = self._shared[model] = self._build(info, model)
+            return plan
+        return self._build(info, model)
 
-    def _attempt(self, provider: Provider, model: str, base_url: str, headers: dict[str, str],
-                 secret: bytes) -> Attempt:
-        return Attempt(provider.name, provider.name_header, model, base_url + self._path,
-                       headers, secret, provider.stream_usage, provider.adapter)
+    def _build(self, info: KeyInfo, model: str) -> RoutePlan:
+        target = self._providers.aliases.get(model, model)
+        route = f"alias:{model}" if target != model else None
+        refusal: ProxyError | None = None
+        attempts: list[Attempt] = []
+        for prov in self._providers.resolve(model):  # 404 model_not_found
+            attempt = self._attempt(info, prov, target, route)
+            if isinstance(attempt, Attempt):
+                attempts.append(attempt)
+            else:
+                refusal = refusal or attempt
+        if not attempts:
+            raise refusal or InvalidRequest("no deployment")  # resolve() found at least one
+        for other in self._fallbacks.get(target, ()):
+            label = f"fallback:{model}->{other}"
+            for prov in self._providers.by_model.get(other, ()):
+                attempt = self._attempt(info, prov, other, label)
+                if isinstance(attempt, Attempt):
+                    attempts.append(attempt)
+        return RoutePlan(model, tuple(attempts), route)
+
+    def _attempt(self, info: KeyInfo, prov: Provider, model: str,
+                 route: str | None) -> Attempt | ProxyError:
+        """The attempt at ``prov`` for this org, or the error that rules it out."""
+        path = prov.adapter.path(self._endpoint)
+        if path is None:
+            return InvalidRequest(f"The model `{model}` is served by provider `{prov.name}` "
+                                  f"({prov.adapter.kind}), which has no {self._endpoint} "
+                                  "endpoint.", param="model")
+        cred = info.credentials.get(prov.name) if info.credentials else None
+        if cred is not None:
+            return self._make(prov, model, (cred.base_url or prov.base_url) + path,
+                              cred.headers, cred.secret, False, route)
+        if info.unreadable and prov.name in info.unreadable:
+            return CredentialUnreadable(
+                f"Your organization's stored key for provider `{prov.name}` cannot be "
+                "decrypted on this server; store it again with POST /providers/config.")
+        if not prov.shared:
+            return PermissionDenied(
+                f"Provider `{prov.name}` needs your organization's own key: store it "
+                "with POST /providers/config.", code="provider_key_required")
+        return self._make(prov, model, prov.base_url + path, prov.headers, prov.secret, True,
+                          route)
+
+    def _make(self, prov: Provider, model: str, url: str, headers: dict[str, str],
+              secret: bytes, shared: bool, route: str | None) -> Attempt:
+        says: tuple[tuple[bytes, bytes], ...] = (
+            (b"x-cognitude-model", model.encode()), (b"x-cognitude-provider", prov.name_header))
+        if route is not None:
+            says += ((b"x-cognitude-route", route.encode()),)
+        return Attempt(prov.name, model, url, headers, secret, prov.stream_usage, prov.adapter,
+                       f"{prov.name}/{model}", shared, self._max_output.get(model, 0), route,
+                       says)

@@ -3,7 +3,7 @@
 A request goes through the stages in order, each handing the next a small value:
 
     request   Head (the key, cache directives), then Inbound (body, doc)   request.py
-    plan      RoutePlan: the attempts, the key that pays                   plan.py
+    plan      RoutePlan: the deployments to try, in order, and the keys    plan.py
     admit     Admission: ONE EVALSHA - limits, cache lookup, epoch          admit.py
     respond   a hit: the stored bytes (JSON, or replayed as SSE)           respond.py
     dispatch  a miss: the attempts upstream, answered as they arrive       dispatch.py
@@ -29,7 +29,7 @@ from cognitude.errors import AuthenticationError, MethodNotAllowed, Organization
 from cognitude.hotpath import after, request, respond
 from cognitude.hotpath.admit import admit, cold_copy
 from cognitude.hotpath.dispatch import Dispatcher
-from cognitude.hotpath.plan import Planner
+from cognitude.hotpath.plan import Attempt, Planner
 from cognitude.identity.keycache import DISABLED_MESSAGE, KeyInfo
 from cognitude.ledger.accounting import RequestLog
 from cognitude.state import AppState
@@ -40,8 +40,7 @@ log = logging.getLogger("cognitude.proxy")
 class ProxyRoute:
     """One OpenAI endpoint proxied through the stages; built once per endpoint at start."""
 
-    def __init__(self, state: AppState, endpoint: str, upstream_path: str,
-                 streamable: bool) -> None:
+    def __init__(self, state: AppState, endpoint: str, streamable: bool) -> None:
         self.state = state
         self.endpoint = endpoint  # cache namespace: "chat" | "embeddings"
         self.streamable = streamable
@@ -53,7 +52,9 @@ class ProxyRoute:
         self.max_ttl = cfg.cache.max_ttl_s
         self.count_hits = cfg.rate_limits.count_cache_hits
         self.fail_open = cfg.redis.fail_open
-        self.planner = Planner(state.providers, upstream_path)
+        catalog = state.accountant.catalog
+        self.planner = Planner(state.providers, endpoint, dict(cfg.routing.fallbacks),
+                               {m: catalog.max_output(m) for m in state.providers.by_model})
         self.dispatcher = Dispatcher(state, cfg, endpoint)
         self.accountant = state.accountant
         self.request_id = respond.RequestIds()
@@ -107,8 +108,9 @@ class ProxyRoute:
         inbound = request.inbound(await request.read_body(receive, self.max_body),
                                   self.endpoint, self.streamable, req)
         plan = self.planner.plan(info, inbound.model)
-        attempt = plan.attempts[0]
-        req.provider = attempt.provider
+        first = plan.attempts[0]
+        req.provider = first.provider
+        req.route = plan.route
 
         ttl = request.parse_ttl(head.ttl, self.max_ttl) if head.ttl is not None else None
         read, write, ttl = decide(info.cache or self.cache_policy, inbound.doc, self.endpoint,
@@ -122,24 +124,28 @@ class ProxyRoute:
         if adm is not None and not adm.allowed:
             raise respond.rate_limited(adm, limits)
 
-        # Errors get these too; send_error adds X-Request-ID to every error itself.
-        routing = [(b"x-cognitude-model", inbound.model.encode()),
-                   (b"x-cognitude-provider", attempt.provider_header), *limits]
-        common = [(b"x-request-id", req.rid.encode()), *routing]
+        common = [(b"x-request-id", req.rid.encode()), *limits]
         if adm is not None and read_key is not None:
             if adm.cached is not None:
                 stored = state.codec.decode(adm.cached)
-                if stored is not None and await respond.send_hit(send, req, stored, common):
+                if stored is not None and await respond.send_hit(
+                        send, req, stored, _hit_headers(common, inbound.model, first)):
                     return
             elif (found := await cold_copy(state, info, read_key, adm)) is not None:
                 stored = state.codec.decode(found[0])
-                if stored is not None and await respond.send_hit(send, req, stored, common):
+                if stored is not None and await respond.send_hit(
+                        send, req, stored, _hit_headers(common, inbound.model, first)):
                     await after.backfill(state, read_key, found[0], found[1])
                     return
             req.cache_status = b"MISS"
-        outcome = await self.dispatcher.run(plan, inbound, req, send, receive, routing, common)
+        outcome = await self.dispatcher.run(plan, inbound, req, send, receive, common)
         if write and adm is not None and key is not None:
             await after.write_back(state, key, info.org_id, outcome, ttl, req)
+
+
+def _hit_headers(common: respond.Headers, model: str, first: Attempt) -> respond.Headers:
+    """A hit names the model as asked and the deployment a miss would have tried first."""
+    return [*common, (b"x-cognitude-model", model.encode()), first.says[1]]
 
 
 def _authorized(info: KeyInfo | None, req: RequestLog) -> KeyInfo:

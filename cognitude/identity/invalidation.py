@@ -13,8 +13,6 @@ have changed meanwhile.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
@@ -22,10 +20,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from cognitude.gate.keys import INVALIDATION_CHANNEL
+from cognitude.gate.pubsub import Subscription
 
 log = logging.getLogger("cognitude.invalidation")
-
-_RECONNECT_MAX_S = 2.0
 
 
 class Invalidatable(Protocol):
@@ -64,45 +61,19 @@ class Invalidator:
     """Subscribes to the invalidation channel and keeps ``cache.subscribed`` honest."""
 
     def __init__(self, redis: aioredis.Redis, cache: Invalidatable) -> None:
-        self._redis = redis
         self._cache = cache
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._sub = Subscription(redis, INVALIDATION_CHANNEL, lambda m: apply(cache, m),
+                                 on_up=self._up, on_down=self._down)
 
     async def start(self, wait_s: float = 2.0) -> None:
-        """Start the subscriber; wait briefly for the first subscription (not required)."""
-        self._task = asyncio.create_task(self._run(), name="cognitude-invalidation")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), wait_s)
+        await self._sub.start(wait_s)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._cache.subscribed = False
+        await self._sub.close()
 
-    async def _run(self) -> None:
-        delay = 0.1
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(INVALIDATION_CHANNEL)
-                # Anything may have changed while we were not listening.
-                self._cache.invalidate()
-                self._cache.subscribed = True
-                self._ready.set()
-                delay = 0.1
-                async for msg in pubsub.listen():
-                    if msg.get("type") == "message":
-                        data = msg["data"]
-                        apply(self._cache, data.decode() if isinstance(data, bytes) else data)
-            except (RedisError, OSError) as exc:
-                log.warning("invalidation subscription lost (%s); retrying",
-                            type(exc).__name__)
-            finally:
-                self._cache.subscribed = False
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RECONNECT_MAX_S)
+    def _up(self) -> None:
+        self._cache.invalidate()  # anything may have changed while we were not listening
+        self._cache.subscribed = True
+
+    def _down(self) -> None:
+        self._cache.subscribed = False

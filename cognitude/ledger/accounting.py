@@ -65,7 +65,7 @@ class RequestLog:
         "rid", "t0", "ts", "endpoint", "org_id", "key_id", "model", "model_used",
         "provider", "route", "stream", "cache_status", "status", "error_type", "gate_s",
         "upstream_s", "end_user", "doc", "response", "acc", "usage", "counted", "headers_sent",
-        "stripped_usage",
+        "stripped_usage", "attempts",
     )
 
     def __init__(self, rid: str, t0: float, endpoint: str) -> None:
@@ -97,6 +97,7 @@ class RequestLog:
         # The proxy asked the upstream for this stream's usage on the client's behalf: the
         # usage chunk is left out of what the client receives.
         self.stripped_usage = False
+        self.attempts = 0  # upstream calls made (retries and fallbacks included)
 
 
 def _count(req: RequestLog) -> tuple[int, int]:
@@ -163,17 +164,23 @@ class Accountant:
         prompt, completion = self.tokens(req)
         used = req.model_used or req.model
         hit = req.cache_status == b"HIT"
-        baseline = (self.catalog.cost_micros(req.model, prompt, completion)
-                    if req.model and (prompt or completion) else 0)
+        catalog = self.catalog
+        # The baseline is the model as asked; an alias (no price of its own) as its model.
+        asked = req.model
+        if asked != used and asked not in catalog:
+            asked = used
+        baseline = (catalog.cost_micros(asked, prompt, completion)
+                    if asked and (prompt or completion) else 0)
         if hit:
             cost: int | None = 0
         elif used and (prompt or completion):
-            cost = self.catalog.cost_micros(used, prompt, completion)
+            # The price of the deployment that answered (its own, else the model's).
+            cost = catalog.cost_micros(used, prompt, completion, req.provider)
         else:
             cost = 0
         total_ms = (perf_counter() - req.t0) * 1000
         upstream_ms = req.upstream_s * 1000
-        # Positional, in column order: a 21-keyword call costs ~4x the positional one.
+        # Positional, in column order: a 22-keyword call costs ~4x the positional one.
         return UsageRecord(
             req.rid,  # request_id
             req.ts,  # ts
@@ -196,6 +203,7 @@ class Accountant:
             upstream_ms,  # upstream_ms
             max(0.0, total_ms - upstream_ms),  # overhead_ms
             req.end_user,  # end_user
+            req.attempts,  # attempts
         )
 
     def finish(self, req: RequestLog) -> None:

@@ -12,6 +12,14 @@ would not be exact for prices such as 0.15. Prices with more than 6 decimal plac
 rejected instead of being silently rounded.
 
 Unknown models cost ``None`` (recorded as NULL, never guessed) and are logged once per name.
+
+A deployment may have its own price: an override named ``"<provider>/<model>"`` patches the
+model's entry for requests that provider answered (``cost_micros(..., provider=)``), so
+the cost of a request is the price of the deployment that answered it.
+
+``max_output_tokens`` (optional, default ``DEFAULT_MAX_OUTPUT``) is the model's output
+limit: what a request to a provider that requires ``max_tokens`` (Anthropic) asks for when
+the client did not say.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ log = logging.getLogger("cognitude.pricing")
 
 TIERS = ("economy", "standard", "premium")
 FIELDS = ("provider", "input_per_mtok", "output_per_mtok", "context_window", "tier")
+OPTIONAL_FIELDS = ("max_output_tokens",)
+DEFAULT_MAX_OUTPUT = 4096
 PRICE_SCALE = 1_000_000  # micro-USD per USD
 _HALF = PRICE_SCALE // 2
 # Dated snapshots and aliases price like their base model unless listed themselves:
@@ -49,6 +59,7 @@ class ModelPrice:
     output_micros_per_mtok: int  # micro-USD per 1M output tokens
     context_window: int
     tier: str
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT
 
     def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
         numerator = (prompt_tokens * self.input_micros_per_mtok
@@ -59,12 +70,14 @@ class ModelPrice:
 class PriceCatalog:
     """Validated, immutable prices plus a small memo of name → price resolutions."""
 
-    __slots__ = ("_prices", "_memo", "_logged_unknown")
+    __slots__ = ("_prices", "_memo", "_logged_unknown", "_deployments")
 
     def __init__(self, prices: Mapping[str, ModelPrice]) -> None:
         self._prices = dict(prices)
         self._memo: dict[str, ModelPrice | None] = {}
         self._logged_unknown: set[str] = set()
+        # Deployment prices ("<provider>/<model>"): only looked for when there are any.
+        self._deployments = any("/" in name for name in self._prices)
 
     def __contains__(self, model: object) -> bool:
         return isinstance(model, str) and self.get(model) is not None
@@ -90,9 +103,19 @@ class PriceCatalog:
         self._memo[model] = price
         return price
 
-    def cost_micros(self, model: str, prompt_tokens: int, completion_tokens: int) -> int | None:
-        """Exact integer micro-USD for the tokens, or None for a model without a price."""
+    def max_output(self, model: str) -> int:
         price = self.get(model)
+        return price.max_output_tokens if price is not None else DEFAULT_MAX_OUTPUT
+
+    def cost_micros(self, model: str, prompt_tokens: int, completion_tokens: int,
+                    provider: str | None = None) -> int | None:
+        """Exact integer micro-USD for the tokens, or None for a model without a price;
+        ``provider``: the deployment that answered, when it has a price of its own."""
+        price = None
+        if self._deployments and provider is not None:
+            price = self._prices.get(f"{provider}/{model}")
+        if price is None:
+            price = self.get(model)
         if price is None:
             self._log_unknown(model)
             return None
@@ -124,10 +147,17 @@ def load_catalog(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Pr
     # parse_float=Decimal: "0.15" must stay exactly 0.15, not the nearest binary float.
     raw = tomllib.loads(text, parse_float=Decimal).get("models", {})
     entries: dict[str, dict[str, Any]] = {name: dict(e) for name, e in raw.items()}
+    deployments = {}
     for name, patch in (overrides or {}).items():
         if not isinstance(patch, Mapping):
             raise ValueError(f"price for model {name!r}: expected a table of fields")
+        if name not in entries and "/" in name:
+            deployments[name] = patch  # patches its model's entry, once every model is in
+            continue
         entries[name] = {**entries.get(name, {}), **patch}
+    for name, patch in deployments.items():
+        model = name.split("/", 1)[1]
+        entries[name] = {**entries.get(model, {}), **patch}
     return PriceCatalog({name: _parse_entry(name, e) for name, e in entries.items()})
 
 
@@ -140,8 +170,8 @@ def _parse_entry(model: str, entry: Mapping[str, Any]) -> ModelPrice:
         return _bad(model, field, why)
 
     for key in entry:
-        if key not in FIELDS:
-            raise bad(key, f"is unknown (expected one of {', '.join(FIELDS)})")
+        if key not in FIELDS and key not in OPTIONAL_FIELDS:
+            raise bad(key, f"is unknown (expected one of {', '.join(FIELDS + OPTIONAL_FIELDS)})")
     for key in FIELDS:
         if key not in entry:
             raise bad(key, "is missing")
@@ -154,6 +184,9 @@ def _parse_entry(model: str, entry: Mapping[str, Any]) -> ModelPrice:
     window = entry["context_window"]
     if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
         raise bad("context_window", f"must be a positive integer, got {window!r}")
+    max_output = entry.get("max_output_tokens", DEFAULT_MAX_OUTPUT)
+    if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output <= 0:
+        raise bad("max_output_tokens", f"must be a positive integer, got {max_output!r}")
     return ModelPrice(
         model=model,
         provider=provider,
@@ -161,6 +194,7 @@ def _parse_entry(model: str, entry: Mapping[str, Any]) -> ModelPrice:
         output_micros_per_mtok=_to_micros(entry, model, "output_per_mtok"),
         context_window=window,
         tier=tier,
+        max_output_tokens=max_output,
     )
 
 

@@ -64,6 +64,7 @@ class UsageRecord(NamedTuple):
     upstream_ms: float | None
     overhead_ms: float | None
     end_user: str | None
+    attempts: int | None = None  # upstream calls (retries, fallbacks); 0: none (a hit)
 
 
 COLUMNS: tuple[str, ...] = UsageRecord._fields

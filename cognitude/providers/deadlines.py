@@ -58,6 +58,13 @@ class Deadlines:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
 
+    def release(self) -> float:
+        """Take the current task off the sweep (a stream that checks its deadline itself
+        from here on); its deadline (a full one when it had none)."""
+        task = asyncio.current_task()
+        default = monotonic() + self.total_s
+        return self.inflight.pop(task, default) if task is not None else default
+
     def was_cut(self, task: asyncio.Task[Any]) -> bool:
         """Whether the ``CancelledError`` ``task`` just got was this sweep's (then undone, so
         that the request goes on to answer with a 504 and record itself)."""

@@ -2,14 +2,14 @@
 passes through byte for byte (the one exception below), the answer is checked, errors keep
 OpenAI's shape.
 
-Adapters share one small interface, picked by ``kind`` from ``ADAPTERS`` (uvicorn picks its
-HTTP protocol the same way): ``headers`` for a key, ``upstream_body`` for the request,
-``answer_usage`` for a 200, ``error`` for anything else.
+Adapters share one small interface (``providers.adapter.Adapter``), picked by ``kind`` from
+``ADAPTERS`` (uvicorn picks its HTTP protocol the same way).
 
-- **The one change to a request**: a chat stream that did not ask for usage is sent with
+- **The two changes to a request**: a chat stream that did not ask for usage is sent with
   ``stream_options.include_usage`` (unless the provider says ``stream_usage = false``), so
   every cached stream carries its token counts; the extra usage chunk is left out of what
-  the client receives (``hotpath.sse``).
+  the client receives (``hotpath.sse``). And a request the plan sends to another model (a
+  fallback) carries that model. Otherwise the client's bytes go out as they came.
 - **A 200 is an answer only if it parses as the endpoint's JSON** (an object with a
   ``choices`` array for chat, ``data`` for embeddings): a gateway's HTML error page or a
   truncated body is a 502 and never reaches the cache. One msgspec decode checks the whole
@@ -28,6 +28,12 @@ import msgspec
 import orjson
 
 from cognitude.errors import UpstreamError, UpstreamHTTPError, error_body
+from cognitude.providers.adapter import (
+    redirected,
+    retry_after_seconds,
+    retryable_status,
+    scrubbed,
+)
 
 
 class _Chat(msgspec.Struct):
@@ -52,6 +58,7 @@ class OpenAIAdapter:
 
     __slots__ = ()
     kind = "openai"
+    _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 
     @staticmethod
     def headers(key: str) -> dict[str, str]:
@@ -60,38 +67,49 @@ class OpenAIAdapter:
             return {"Content-Type": "application/json"}
         return {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
 
-    @staticmethod
-    def upstream_body(doc: dict[str, Any], body: bytes, *, chat_stream: bool,
-                      stream_usage: bool) -> tuple[bytes, bool]:
-        """The body to send, and whether the usage chunk must be stripped for the client
-        (the proxy asked for it on the client's behalf)."""
-        if not (chat_stream and stream_usage):
-            return body, False
-        opts = doc.get("stream_options")
-        if opts is None:
-            opts = {}
-        elif not isinstance(opts, dict) or opts.get("include_usage") is True:
-            return body, False  # asked already (or malformed: the upstream says what is wrong)
-        return orjson.dumps({**doc, "stream_options": {**opts, "include_usage": True}}), True
+    def path(self, endpoint: str) -> str | None:
+        return self._PATHS.get(endpoint)
 
     @staticmethod
-    def answer_usage(body: bytes, endpoint: str, provider: str) -> dict[str, Any] | None:
-        """A 200's ``usage`` (None without one), or 502 when the body is not the endpoint's
-        JSON answer at all."""
+    def upstream_body(doc: dict[str, Any], body: bytes, *, model: str, chat_stream: bool,
+                      stream_usage: bool, max_output: int = 0) -> tuple[bytes, bool]:
+        """The body to send, and whether the usage chunk must be stripped for the client
+        (the proxy asked for it on the client's behalf)."""
+        changed = doc["model"] != model
+        if changed:
+            doc = {**doc, "model": model}
+        if chat_stream and stream_usage:
+            opts = doc.get("stream_options")
+            if opts is None:
+                opts = {}
+            # Asked already, or malformed (then the upstream says what is wrong): as it is.
+            if isinstance(opts, dict) and opts.get("include_usage") is not True:
+                opts = {**opts, "include_usage": True}
+                return orjson.dumps({**doc, "stream_options": opts}), True
+        return (orjson.dumps(doc) if changed else body), False
+
+    @staticmethod
+    def answer(body: bytes, endpoint: str, provider: str
+               ) -> tuple[bytes, dict[str, Any] | None]:
+        """The 200's body as it came, and its ``usage`` (None without one); 502 when the
+        body is not the endpoint's JSON answer at all."""
         try:
             usage = _ANSWERS[endpoint].decode(body).usage
         except msgspec.DecodeError:
             raise UpstreamError(f"Upstream provider `{provider}` answered 200 with a body that "
                                 f"is not a valid {endpoint} response.",
                                 code="upstream_bad_response") from None
-        return usage if isinstance(usage, dict) else None
+        return body, (usage if isinstance(usage, dict) else None)
+
+    @staticmethod
+    def stream(provider: str) -> None:
+        return None  # OpenAI's events are the client's: passed through
 
     @staticmethod
     def error(name: str, secret: bytes, status: int, body: bytes,
               retry_after: str | None) -> UpstreamError:
         """An upstream non-2xx as our error: 4xx passed through (in OpenAI shape), else 502."""
-        if secret and secret in body:
-            body = body.replace(secret, b"[redacted]")
+        body = scrubbed(body, secret)
         if 400 <= status < 500:
             try:
                 doc = orjson.loads(body)
@@ -103,14 +121,13 @@ class OpenAIAdapter:
                 body = error_body(f"Upstream provider `{name}` returned {status}: {text}",
                                   "upstream_error", None, f"upstream_{status}")
             passed = [(b"retry-after", retry_after.encode())] if retry_after else []
-            return UpstreamHTTPError(status, body, passed)
+            return UpstreamHTTPError(status, body, passed, retryable=retryable_status(status),
+                                     retry_after_s=retry_after_seconds(retry_after))
         if 300 <= status < 400:
-            return UpstreamError(f"Upstream provider `{name}` answered with a redirect (HTTP "
-                                 f"{status}); upstream redirects are never followed.",
-                                 code="upstream_redirect")
+            return redirected(name, status)
         return UpstreamError(f"Upstream provider `{name}` returned HTTP {status}.",
-                             code=f"upstream_{status}")
+                             code=f"upstream_{status}", retryable=retryable_status(status),
+                             retry_after_s=retry_after_seconds(retry_after))
 
 
-# kind → adapter; "anthropic" arrives with its translation.
-ADAPTERS: dict[str, OpenAIAdapter] = {"openai": OpenAIAdapter()}
+OPENAI = OpenAIAdapter()

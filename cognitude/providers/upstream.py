@@ -1,4 +1,7 @@
-"""Upstream providers: model → provider resolution and the pooled aiohttp client.
+"""Upstream providers: model → deployments resolution and the pooled aiohttp client.
+
+A model listed under several providers has several deployments, in the order the providers
+appear in the config file; the plan tries them in that order.
 
 aiohttp rather than httpx on this path: measured here, c=1 p50 133 µs vs 540 µs and
 16.4k vs 0.9k req/s at c=32 (DESIGN §9; ``bench/`` reproduces it). Every transport failure
@@ -22,8 +25,13 @@ import orjson
 
 from cognitude.config import Config, ConfigError, Secrets
 from cognitude.errors import ModelNotFound, UpstreamError, UpstreamTimeout
+from cognitude.providers.adapter import Adapter
+from cognitude.providers.anthropic import ANTHROPIC
 from cognitude.providers.egress import GuardedResolver
-from cognitude.providers.openai import ADAPTERS, OpenAIAdapter
+from cognitude.providers.openai import OPENAI
+
+# kind → adapter (uvicorn picks its HTTP protocol class the same way).
+ADAPTERS: dict[str, Adapter] = {"openai": OPENAI, "anthropic": ANTHROPIC}
 
 # An error body is only ever shown in part (500 bytes), or passed through as a 4xx: a
 # megabyte is plenty, and bounds what a misbehaving upstream can make us hold.
@@ -39,32 +47,29 @@ class Provider:
     secret: bytes  # the provider key, only to scrub it from upstream error bodies
     shared: bool  # orgs without their own credential may use the config-level key
     stream_usage: bool  # ask for usage on every chat stream (stream_options.include_usage)
-    adapter: OpenAIAdapter  # the wire format of its kind (providers.openai.ADAPTERS)
+    adapter: Adapter  # the wire format of its kind (ADAPTERS)
 
 
 class Providers:
-    """The providers from config and the model each one serves."""
+    """The providers from config, and each model's deployments (providers, in file order)."""
 
-    __slots__ = ("by_model", "all")
+    __slots__ = ("by_model", "all", "aliases")
 
     def __init__(self, cfg: Config, secrets_: Secrets) -> None:
         self.all: list[Provider] = []
-        self.by_model: dict[str, Provider] = {}
+        self.by_model: dict[str, tuple[Provider, ...]] = {}
+        self.aliases = dict(cfg.routing.aliases)
         for p in cfg.providers:
-            if p.kind != "openai":
-                # Native Messages-API translation is not built yet; Anthropic also serves an
-                # OpenAI-compatible endpoint that works with kind = "openai".
-                raise ConfigError(
-                    f"{cfg.source}: providers.{p.name}.kind: {p.kind!r} is not supported yet; "
-                    'use kind = "openai" with the provider\'s OpenAI-compatible base_url'
-                )
-            adapter = ADAPTERS[p.kind]
+            adapter = ADAPTERS.get(p.kind)
+            if adapter is None:
+                raise ConfigError(f"{cfg.source}: providers.{p.name}.kind: {p.kind!r} is not "
+                                  f"supported (known: {', '.join(ADAPTERS)})")
             key = secrets_.provider_keys.get(p.name, "")
             prov = Provider(p.name, p.base_url.rstrip("/"), adapter.headers(key), p.name.encode(),
                             key.encode(), p.shared_key, p.stream_usage, adapter)
             self.all.append(prov)
             for m in p.models:
-                self.by_model[m] = prov
+                self.by_model[m] = (*self.by_model.get(m, ()), prov)
 
     def headers_for(self, provider: str, key: str) -> dict[str, str]:
         """The request headers for an org's own ``key`` to ``provider`` (as its adapter
@@ -72,39 +77,53 @@ class Providers:
         prov = next((p for p in self.all if p.name == provider), None)
         return (prov.adapter if prov is not None else ADAPTERS["openai"]).headers(key)
 
-    def resolve(self, model: str) -> Provider:
-        prov = self.by_model.get(model)
-        if prov is None:
+    def resolve(self, model: str) -> tuple[Provider, ...]:
+        """The model's deployments, in order (an alias's: its model's)."""
+        provs = self.by_model.get(model) or self.by_model.get(self.aliases.get(model, ""))
+        if provs is None:
             raise ModelNotFound(
                 f"The model `{model}` does not exist or is not served by this proxy.",
                 param="model",
             )
-        return prov
+        return provs
 
     @staticmethod
     def reachable(prov: Provider, own: Iterable[str]) -> bool:
         """Whether an org that stored keys for the providers in ``own`` can use ``prov``."""
         return prov.shared or prov.name in own
 
+    def _served(self, own: frozenset[str]) -> dict[str, list[str]]:
+        """Model (and alias) → the providers behind it that the org can reach."""
+        out: dict[str, list[str]] = {}
+        for m, provs in self.by_model.items():
+            names = [p.name for p in provs if self.reachable(p, own)]
+            if names:
+                out[m] = names
+        for alias, m in self.aliases.items():
+            if m in out:
+                out[alias] = out[m]
+        return out
+
     def model_list(self, own: Iterable[str]) -> bytes:
-        """``GET /v1/models`` for an org: the models of the providers it can reach."""
-        own = frozenset(own)
-        data = [_model_object(m, p) for m, p in self.by_model.items()
-                if self.reachable(p, own)]
-        return orjson.dumps({"object": "list", "data": data})
+        """``GET /v1/models`` for an org: the models it can reach, each with the providers
+        behind it (``owned_by`` is the first, as a single-provider client expects)."""
+        served = self._served(frozenset(own))
+        return orjson.dumps({"object": "list",
+                             "data": [_model_object(m, names) for m, names in served.items()]})
 
     def model(self, model_id: str, own: Iterable[str]) -> bytes:
         """``GET /v1/models/{id}``; 404 ``model_not_found`` for a model the org cannot reach
         (exactly as for one that does not exist: it does not, for this org)."""
-        prov = self.by_model.get(model_id)
-        if prov is None or not self.reachable(prov, frozenset(own)):
+        names = self._served(frozenset(own)).get(model_id)
+        if names is None:
             raise ModelNotFound(f"The model `{model_id}` does not exist or is not served by "
                                 "this proxy.", param="model")
-        return orjson.dumps(_model_object(model_id, prov))
+        return orjson.dumps(_model_object(model_id, names))
 
 
-def _model_object(model: str, prov: Provider) -> dict[str, object]:
-    return {"id": model, "object": "model", "created": 0, "owned_by": prov.name}
+def _model_object(model: str, providers: list[str]) -> dict[str, object]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": providers[0],
+            "providers": providers}
 
 
 def create_session(cfg: Config) -> aiohttp.ClientSession:
@@ -190,4 +209,5 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int, provider: str) -> 
 
 def _too_large(provider: str, cap: int) -> UpstreamError:
     return UpstreamError(f"Upstream provider `{provider}` sent a response larger than {cap} "
-                         "bytes (upstream.max_response_bytes).", code="upstream_too_large")
+                         "bytes (upstream.max_response_bytes).", code="upstream_too_large",
+                         retryable=False)
