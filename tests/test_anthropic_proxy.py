@@ -237,3 +237,29 @@ async def test_an_overloaded_anthropic_deployment_falls_to_the_next(
     assert r.status_code == 200, r.text
     assert (r.headers["x-cognitude-provider"], r.headers["x-cognitude-attempts"]) == ("b", "2")
     assert claude.stats()["requests"] == 1 and mock.stats()["requests"] == 1
+
+
+def test_langchain_tool_calls_and_streamed_usage_through_an_anthropic_model(proxy, org_factory,
+                                                                            claude):
+    import asyncio
+
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    org = asyncio.run(org_factory())
+    llm = ChatOpenAI(model=CLAUDE, base_url=proxy.url + "/v1", api_key=org.key,
+                     max_retries=0, stream_usage=True)
+    asked = HumanMessage("What is the weather in Lima?")
+    call = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke([asked])
+    assert [c["name"] for c in call.tool_calls] == ["get_weather"]
+    assert isinstance(call.tool_calls[0]["args"].get("city"), str)
+    assert call.usage_metadata["input_tokens"] > 0
+    answer = llm.bind_tools([WEATHER]).invoke(
+        [asked, call, ToolMessage("sunny", tool_call_id=call.tool_calls[0]["id"])])
+    assert answer.content and not answer.tool_calls
+    chunks = list(llm.stream([HumanMessage("Stream a few words, please.")]))
+    text = "".join(str(c.content) for c in chunks)
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    assert text and total.usage_metadata["output_tokens"] > 0

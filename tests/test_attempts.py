@@ -89,6 +89,19 @@ async def test_a_refused_connection_moves_on_to_the_next_deployment(
     assert (row["provider"], row["attempts"]) == ("b", 3)
 
 
+async def test_connection_refused_on_the_first_deployment_is_one_clean_200_from_the_second(
+        proxy_factory, org_factory, second, pg_dsn):
+    dead = free_port()  # nothing listens there
+    extra = (f'\n[providers.dead]\nbase_url = "http://127.0.0.1:{dead}/v1"\napi_key_env = ""\n'
+             'models = ["gpt-4.1"]\n' + two_deployments(second.url, '["gpt-4.1"]'))
+    proxy = proxy_factory(provider_extra=extra, max_attempts=3)
+    org = await org_factory()
+    r = post(proxy, org, chat("refused first", model="gpt-4.1"))
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-cognitude-provider"], r.headers["x-cognitude-attempts"]) == ("b", "2")
+    assert second.stats()["requests"] == 1
+
+
 async def test_a_400_is_not_retried(proxy_factory, org_factory, mock, second):
     proxy = proxy_factory(provider_extra=two_deployments(second.url), max_attempts=3)
     org = await org_factory()
