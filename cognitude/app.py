@@ -42,13 +42,15 @@ from cognitude.ledger.accounting import Accountant
 from cognitude.ledger.maintenance import Maintenance
 from cognitude.ledger.pricing import catalog_of
 from cognitude.ledger.usage import UsageWriter
-from cognitude.management import accounts, cache_settings, limits, providers, service
+from cognitude.management import accounts, cache_settings, limits, providers, routing, service
 from cognitude.management.analytics import analytics_usage
 from cognitude.management.common import error_response
 from cognitude.metrics import metrics
 from cognitude.providers.cooldowns import CooldownFeed, Cooldowns
 from cognitude.providers.deadlines import Deadlines
 from cognitude.providers.upstream import Providers, create_session
+from cognitude.routing.router import Router
+from cognitude.routing.rules import operator_policy
 from cognitude.state import AppState
 
 log = logging.getLogger("cognitude")
@@ -129,6 +131,7 @@ def openapi_document(cfg: Config) -> dict[str, Any]:
         providers.openapi_paths(tuple(p.name for p in cfg.providers)),
         limits.OPENAPI_PATHS,
         cache_settings.openapi_paths(cfg),
+        routing.OPENAPI_PATHS,
     )
 
 
@@ -148,6 +151,7 @@ class CognitudeApp:
                 *providers.ROUTES,
                 *limits.ROUTES,
                 *cache_settings.ROUTES,
+                *routing.ROUTES,
             ],
             exception_handlers=EXCEPTION_HANDLERS,
             lifespan=self.lifespan,
@@ -188,6 +192,8 @@ class CognitudeApp:
                 session=session, codec=ValueCodec(cfg.cache.compress_min_bytes),
                 accountant=accountant, cold=cold, outage=Outage(),
                 analytics=RecentRefreshes(), deadlines=deadlines, cooldowns=cooldowns,
+                router=Router(providers, accountant.catalog, cfg.routing.default_class),
+                routing_policy=operator_policy(cfg),
             )
             app.state.cognitude = state
             self.hot = {
@@ -229,7 +235,8 @@ async def _start_ledger(cfg: Config, pg: asyncpg.Pool, stack: AsyncExitStack) ->
     # the first stream that ends without usage.
     warm = asyncio.create_task(asyncio.to_thread(tokens.warm))
     stack.push_async_callback(asyncio.wait_for, warm, 30)
-    return Accountant(catalog_of(cfg), writer)
+    return Accountant(catalog_of(cfg), writer, cfg.routing.default_class,
+                      cfg.routing.classify_all)
 
 
 async def _start_cold_tier(cfg: Config, stack: AsyncExitStack) -> ColdCache | None:

@@ -79,10 +79,12 @@ async def preflight(cfg: Config) -> None:
 
     from cognitude.ledger.pricing import catalog_of
     from cognitude.providers.upstream import Providers
+    from cognitude.routing.rules import operator_policy
 
     secrets = config_mod.read_secrets(cfg)
     Providers(cfg, secrets)
     catalog_of(cfg)
+    operator_policy(cfg)
     for warning in config_mod.startup_warnings(cfg, secrets):
         log.warning("%s: %s", cfg.source, warning)
     try:

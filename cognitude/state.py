@@ -19,6 +19,8 @@ from cognitude.ledger.accounting import Accountant
 from cognitude.providers.cooldowns import Cooldowns
 from cognitude.providers.deadlines import Deadlines
 from cognitude.providers.upstream import Providers
+from cognitude.routing.router import Router
+from cognitude.routing.rules import Policy
 
 
 @dataclass(slots=True)
@@ -40,5 +42,7 @@ class AppState:
     analytics: RecentRefreshes  # when each org's rollup was last refreshed by a GET
     deadlines: Deadlines  # upstream.total_timeout_s for every exchange in flight
     cooldowns: Cooldowns  # deployments to pass over for a while, shared across replicas
+    router: Router  # smart-* model choice over the catalog and the providers
+    routing_policy: Policy  # the operator's [routing] policy (an org's goes on top)
     # Upstream calls, retries, fallbacks, skipped deployments (hotpath.dispatch; /metrics).
     upstream_counts: dict[str, int] = field(default_factory=dict)

@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hot path", ("cognitude.hotpath",)),
     ("state", ("cognitude.state",)),
     ("domain", ("cognitude.analytics", "cognitude.ledger", "cognitude.identity",
-                "cognitude.cache", "cognitude.providers")),
+                "cognitude.cache", "cognitude.providers", "cognitude.routing")),
     ("gate", ("cognitude.gate",)),
     ("base", ("cognitude.db", "cognitude.config", "cognitude.errors", "cognitude")),
 )

@@ -19,8 +19,11 @@ async def test_models_needs_a_key(client, org_factory):
     assert r.status_code == 200
     doc = r.json()
     assert doc["object"] == "list"
-    assert {m["id"] for m in doc["data"]} == {"gpt-4o-mini", "gpt-4o", "text-embedding-3-small"}
-    assert all(m["owned_by"] == "mock" for m in doc["data"])
+    served = {m["id"]: m["owned_by"] for m in doc["data"]}
+    # The served models, and the smart-* names the proxy answers for itself.
+    assert served == {"gpt-4o-mini": "mock", "gpt-4o": "mock", "text-embedding-3-small": "mock",
+                      "smart": "cognitude", "smart-cost": "cognitude",
+                      "smart-latency": "cognitude", "smart-quality": "cognitude"}
 
 
 async def test_metrics_counts_requests_and_ledger_rows(client, org_factory, mock):

@@ -271,6 +271,15 @@ def _validate(cfg: Config) -> None:
 
 
 def _validate_routing(routing: RoutingConfig, served: set[str]) -> None:
+    if routing.default_mode not in ("cost", "latency", "quality"):
+        raise ConfigError("routing.default_mode: expected \"cost\", \"latency\" or "
+                          f"\"quality\", got {routing.default_mode!r}")
+    if routing.default_class not in ("simple", "medium", "complex"):
+        raise ConfigError("routing.default_class: expected \"simple\", \"medium\" or "
+                          f"\"complex\", got {routing.default_class!r}")
+    if routing.baseline_model and routing.baseline_model not in served:
+        raise ConfigError(f"routing.baseline_model: {routing.baseline_model!r} is not served "
+                          "by any provider")
     for model, targets in routing.fallbacks:
         where = f"routing.fallbacks.{model!r}"
         if model not in served:
@@ -296,9 +305,11 @@ def _routing(value: Any) -> RoutingConfig:
     if not isinstance(value, dict):
         raise ConfigError("routing: expected a table")
     tbl = value
-    unknown = sorted(set(tbl) - {"fallbacks", "aliases"})
+    known = ("aliases", "baseline_model", "classify_all", "default_class", "default_mode",
+             "exclude_models", "exclude_providers", "fallbacks", "rules")
+    unknown = sorted(set(tbl) - set(known))
     if unknown:
-        raise ConfigError(f"routing.{unknown[0]}: unknown key (known: aliases, fallbacks)")
+        raise ConfigError(f"routing.{unknown[0]}: unknown key (known: {', '.join(known)})")
     fallbacks = []
     for model, targets in _name_table(tbl.get("fallbacks", {}), "routing.fallbacks"):
         if (not isinstance(targets, list) or not targets
@@ -311,7 +322,16 @@ def _routing(value: Any) -> RoutingConfig:
         if not isinstance(model, str) or not model:
             raise ConfigError(f"routing.aliases.{alias!r}: expected a model name, got {model!r}")
         aliases.append((alias, model))
-    return RoutingConfig(tuple(fallbacks), tuple(aliases))
+    plain = {k: _coerce(tbl[k], tp, f"routing.{k}") for k, tp in (
+        ("default_mode", str), ("default_class", str), ("baseline_model", str),
+        ("exclude_models", tuple[str, ...]), ("exclude_providers", tuple[str, ...]),
+        ("classify_all", bool))
+        if k in tbl}
+    rules = tbl.get("rules", [])
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise ConfigError("routing.rules: expected an array of tables [[routing.rules]]")
+    return RoutingConfig(tuple(fallbacks), tuple(aliases), **plain,
+                         rules=tuple(tuple(r.items()) for r in rules))
 
 
 def _name_table(value: Any, where: str) -> list[tuple[str, Any]]:

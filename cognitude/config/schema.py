@@ -180,13 +180,32 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
-    """``[routing]``: where a model's requests go besides its own deployments."""
+    """``[routing]``: where a model's requests go besides its own deployments, and how the
+    ``smart-*`` models choose one."""
 
     # model → the models to try, in order, once the model's own deployments failed
     # (transient failures only, within upstream.max_attempts).
     fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # name → model: a name clients may ask for that is served as another model.
     aliases: tuple[tuple[str, str], ...] = ()
+    # What `model = "smart"` means: "cost" | "latency" | "quality".
+    default_mode: str = "cost"
+    # The class of a prompt on which no classifier signal fired (never silently the
+    # cheapest): "simple" | "medium" | "complex".
+    default_class: str = "medium"
+    # What baseline_cost_micros is priced at ("" : the model asked for; for smart-* the
+    # model smart-quality would pick for a complex prompt).
+    baseline_model: str = ""
+    # Never routed to (smart-*), and for exclude_providers never called at all.
+    exclude_models: tuple[str, ...] = ()
+    exclude_providers: tuple[str, ...] = ()
+    # Classify every chat request a model answered, smart or not, for usage_log.complexity
+    # (~15 µs of CPU per new prompt, after the response; see bench/RESULTS.md). false: only
+    # smart-* requests carry a class.
+    classify_all: bool = True
+    # [[routing.rules]]: {match = {contains | code | class}, model | class}, checked in
+    # order (routing.rules validates them at start, naming the rule).
+    rules: tuple[tuple[tuple[str, Any], ...], ...] = ()
 
     def fallbacks_of(self, model: str) -> tuple[str, ...]:
         return next((to for name, to in self.fallbacks if name == model), ())

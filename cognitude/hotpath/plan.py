@@ -18,12 +18,14 @@ the org cannot use is left out of the plan; embeddings fall back to the same mod
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cognitude.errors import CredentialUnreadable, InvalidRequest, PermissionDenied, ProxyError
 from cognitude.identity.keycache import KeyInfo
 from cognitude.providers.adapter import Adapter
 from cognitude.providers.upstream import Provider, Providers
+from cognitude.routing.router import NoModel, Router, needs_of
+from cognitude.routing.rules import SMART_MODELS, Policy
 
 
 class Attempt(NamedTuple):
@@ -46,37 +48,82 @@ class Attempt(NamedTuple):
 class RoutePlan(NamedTuple):
     model: str  # as requested
     attempts: tuple[Attempt, ...]  # in order; dispatch runs them until one answers
-    route: str | None  # the route of the first attempt (an alias), for cache hits
-
+    route: str | None  # the route of the first attempt (an alias, smart-cost:simple)
+    complexity: str | None = None  # the class a smart plan was chosen for
+    baseline: str | None = None  # the model baseline_cost_micros is priced at
 
 class Planner:
     """Plans for one endpoint; plans that use only the operator's shared keys are the same
     for every org, so they are built once per model."""
 
-    __slots__ = ("_providers", "_endpoint", "_fallbacks", "_max_output", "_shared")
+    __slots__ = ("_providers", "_endpoint", "_fallbacks", "_max_output", "_shared", "_router",
+                 "_policy", "_baseline", "_smart_baseline")
 
     def __init__(self, providers: Providers, endpoint: str,
-                 fallbacks: dict[str, tuple[str, ...]], max_output: dict[str, int]) -> None:
+                 fallbacks: dict[str, tuple[str, ...]], max_output: dict[str, int],
+                 router: Router, policy: Policy, baseline: str) -> None:
         self._providers = providers
         self._endpoint = endpoint
         self._fallbacks = fallbacks if endpoint == "chat" else {}
         self._max_output = max_output
         self._shared: dict[str, RoutePlan] = {}
+        self._router = router
+        self._policy = policy  # the operator's [routing] policy
+        self._baseline = baseline or None
+        # A smart request's baseline: routing.baseline_model, else what smart-quality would
+        # send a complex prompt to (the premium model it saves against).
+        self._smart_baseline = self._baseline or router.premium(policy)
 
-    def plan(self, info: KeyInfo, model: str) -> RoutePlan:
-        if not info.credentials and not info.unreadable:
+    def plan(self, info: KeyInfo, model: str, doc: dict[str, Any]) -> RoutePlan:
+        if model in SMART_MODELS and self._endpoint == "chat":
+            return self._smart(info, model, doc)
+        if not info.credentials and not info.unreadable and info.routing is None:
             plan = self._shared.get(model)
             if plan is None:
                 plan = self._shared[model] = self._build(info, model)
             return plan
         return self._build(info, model)
 
+    def policy_of(self, info: KeyInfo) -> Policy:
+        return info.routing.over(self._policy) if info.routing is not None else self._policy
+
+    def _smart(self, info: KeyInfo, model: str, doc: dict[str, Any]) -> RoutePlan:
+        policy = self.policy_of(info)
+        try:
+            decision = self._router.decide(doc, model, info.credentials or (), policy)
+        except NoModel:
+            raise InvalidRequest(
+                f"No model your organization can reach has what this request needs "
+                f"({', '.join(sorted(needs_of(doc).capabilities)) or 'a context this long'}) for "
+                f"`{model}`.", param="model") from None
+        attempts: list[Attempt] = []
+        refusal: ProxyError | None = None
+        for target in decision.models:
+            for prov in self._providers.by_model.get(target, ()):
+                if prov.name in policy.exclude_providers:
+                    continue
+                attempt = self._attempt(info, prov, target, decision.route)
+                if isinstance(attempt, Attempt):
+                    attempts.append(attempt)
+                else:
+                    refusal = refusal or attempt
+        if not attempts:
+            raise refusal or InvalidRequest(f"No deployment for `{model}`.", param="model")
+        return RoutePlan(model, tuple(attempts), decision.route, decision.cls,
+                         self._smart_baseline)
+
     def _build(self, info: KeyInfo, model: str) -> RoutePlan:
         target = self._providers.aliases.get(model, model)
         route = f"alias:{model}" if target != model else None
         refusal: ProxyError | None = None
         attempts: list[Attempt] = []
+        excluded = self.policy_of(info).exclude_providers
         for prov in self._providers.resolve(model):  # 404 model_not_found
+            if prov.name in excluded:
+                refusal = refusal or PermissionDenied(
+                    f"Provider `{prov.name}` is excluded by the routing policy.",
+                    code="provider_excluded")
+                continue
             attempt = self._attempt(info, prov, target, route)
             if isinstance(attempt, Attempt):
                 attempts.append(attempt)
@@ -87,10 +134,12 @@ class Planner:
         for other in self._fallbacks.get(target, ()):
             label = f"fallback:{model}->{other}"
             for prov in self._providers.by_model.get(other, ()):
+                if prov.name in excluded:
+                    continue
                 attempt = self._attempt(info, prov, other, label)
                 if isinstance(attempt, Attempt):
                     attempts.append(attempt)
-        return RoutePlan(model, tuple(attempts), route)
+        return RoutePlan(model, tuple(attempts), route, None, self._baseline)
 
     def _attempt(self, info: KeyInfo, prov: Provider, model: str,
                  route: str | None) -> Attempt | ProxyError:
@@ -124,3 +173,5 @@ class Planner:
         return Attempt(prov.name, model, url, headers, secret, prov.stream_usage, prov.adapter,
                        f"{prov.name}/{model}", shared, self._max_output.get(model, 0), route,
                        says)
+
+

@@ -54,7 +54,8 @@ class ProxyRoute:
         self.fail_open = cfg.redis.fail_open
         catalog = state.accountant.catalog
         self.planner = Planner(state.providers, endpoint, dict(cfg.routing.fallbacks),
-                               {m: catalog.max_output(m) for m in state.providers.by_model})
+                               {m: catalog.max_output(m) for m in state.providers.by_model},
+                               state.router, state.routing_policy, cfg.routing.baseline_model)
         self.dispatcher = Dispatcher(state, cfg, endpoint)
         self.accountant = state.accountant
         self.request_id = respond.RequestIds()
@@ -107,15 +108,16 @@ class ProxyRoute:
         info = _authorized(await state.keys.resolve(head.token), req)
         inbound = request.inbound(await request.read_body(receive, self.max_body),
                                   self.endpoint, self.streamable, req)
-        plan = self.planner.plan(info, inbound.model)
+        plan = self.planner.plan(info, inbound.model, inbound.doc)
         first = plan.attempts[0]
-        req.provider = first.provider
+        req.provider, req.model_used = first.provider, first.model
         req.route = plan.route
+        req.complexity, req.baseline = plan.complexity, plan.baseline
 
         ttl = request.parse_ttl(head.ttl, self.max_ttl) if head.ttl is not None else None
         read, write, ttl = decide(info.cache or self.cache_policy, inbound.doc, self.endpoint,
                                   head.cache_control, ttl)
-        key = cache_key.redis_key(info.org_id, self.endpoint, inbound.doc) \
+        key = req.cache_key = cache_key.redis_key(info.org_id, self.endpoint, inbound.doc) \
             if read or write else None
         read_key = key if read else None
         adm = await admit(state, info, read_key, req, count_hits=self.count_hits,

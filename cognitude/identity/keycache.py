@@ -29,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import asyncpg
+import orjson
 
 from cognitude import db
 from cognitude.cache.policy import CachePolicy
@@ -42,6 +43,7 @@ from cognitude.identity.credentials import (
     OrgCredentials,
     load_org_credentials,
 )
+from cognitude.routing.rules import Policy, PolicyError, parse_policy
 
 log = logging.getLogger("cognitude.auth")
 
@@ -66,6 +68,7 @@ class KeyInfo:
     unreadable: frozenset[str] = frozenset()
     # The key is valid but its organization was disabled by the operator (403, not 401).
     disabled: bool = False
+    routing: Policy | None = None  # the org's own routing policy (PUT /routing/config)
 
 
 # One query per key per TTL: the key, its org's limits and cache settings, and whether the
@@ -78,11 +81,13 @@ SELECT k.id, k.org_id, o.disabled,
        k.requests_per_day AS key_rpd,
        c.enabled AS cache_enabled, c.ttl_s AS cache_ttl_s,
        c.only_deterministic AS cache_only_deterministic,
+       g.policy AS routing_policy,
        EXISTS (SELECT 1 FROM provider_credentials p WHERE p.org_id = k.org_id) AS has_creds
 FROM api_keys k
 JOIN organizations o ON o.id = k.org_id
 LEFT JOIN rate_limit_configs r ON r.org_id = k.org_id
 LEFT JOIN cache_configs c ON c.org_id = k.org_id
+LEFT JOIN routing_configs g ON g.org_id = k.org_id
 WHERE k.key_hash = $1 AND k.revoked_at IS NULL
   AND (k.expires_at IS NULL OR k.expires_at > now())
 """
@@ -93,6 +98,7 @@ class KeyCache:
 
     __slots__ = ("_pool", "_headers_for", "_ttl", "_timeout", "_defaults", "_cache_defaults",
                  "_encryption_key", "_static", "_entries", "_inflight", "_generation",
+                 "_served_models", "_provider_names",
                  "subscribed", "lookups", "lookup_errors", "refreshes")
 
     def __init__(self, cfg: Config, secrets_: Secrets, pool: asyncpg.Pool | None,
@@ -102,6 +108,8 @@ class KeyCache:
         self._ttl = cfg.auth.key_cache_ttl_s
         self._timeout = cfg.auth.lookup_timeout_ms / 1000
         self._cache_defaults = cfg.cache
+        self._served_models = frozenset(m for p in cfg.providers for m in p.models)
+        self._provider_names = frozenset(p.name for p in cfg.providers)
         self._encryption_key = secrets_.encryption_key
         rl = cfg.rate_limits
         self._defaults = Limits(rl.requests_per_minute, rl.requests_per_hour, rl.requests_per_day)
@@ -260,10 +268,22 @@ class KeyCache:
                 c.ttl_s if row["cache_ttl_s"] is None else row["cache_ttl_s"],
                 c.only_deterministic if row["cache_only_deterministic"] is None
                 else row["cache_only_deterministic"])
+        routing = self._routing(row["org_id"], row["routing_policy"])
         if creds is None:
-            return KeyInfo(row["id"], row["org_id"], limits, key_limits, cache)
+            return KeyInfo(row["id"], row["org_id"], limits, key_limits, cache, routing=routing)
         return KeyInfo(row["id"], row["org_id"], limits, key_limits, cache, creds.usable,
-                       creds.unreadable)
+                       creds.unreadable, routing=routing)
+
+    def _routing(self, org_id: str, raw: str | None) -> Policy | None:
+        """The org's stored policy; one the config no longer allows (a model or provider
+        since removed) is logged and left out, so the operator's applies."""
+        if raw is None:
+            return None
+        try:
+            return parse_policy(orjson.loads(raw), self._served_models, self._provider_names)
+        except (PolicyError, orjson.JSONDecodeError) as exc:
+            log.warning("routing policy of org %s ignored: %s", org_id, exc)
+            return None
 
 
 DISABLED_MESSAGE = ("This organization is disabled; its keys are refused until the operator "

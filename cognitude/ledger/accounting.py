@@ -27,6 +27,7 @@ import msgspec
 
 from cognitude.ledger.pricing import PriceCatalog
 from cognitude.ledger.usage import UsageRecord, UsageWriter
+from cognitude.routing.classifier import classify
 
 log = logging.getLogger("cognitude.accounting")
 
@@ -58,6 +59,9 @@ def usage_of(body: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
+_MAX_CLASSES = 50_000
+
+
 class RequestLog:
     """What the hot route learned about one request (filled as it goes)."""
 
@@ -65,7 +69,7 @@ class RequestLog:
         "rid", "t0", "ts", "endpoint", "org_id", "key_id", "model", "model_used",
         "provider", "route", "stream", "cache_status", "status", "error_type", "gate_s",
         "upstream_s", "end_user", "doc", "response", "acc", "usage", "counted", "headers_sent",
-        "stripped_usage", "attempts",
+        "stripped_usage", "attempts", "complexity", "baseline", "cache_key",
     )
 
     def __init__(self, rid: str, t0: float, endpoint: str) -> None:
@@ -98,6 +102,9 @@ class RequestLog:
         # usage chunk is left out of what the client receives.
         self.stripped_usage = False
         self.attempts = 0  # upstream calls made (retries and fallbacks included)
+        self.complexity: str | None = None  # the class a smart plan chose by
+        self.baseline: str | None = None  # the model the saving is measured against
+        self.cache_key: str | None = None  # the response-cache key, when the cache is used
 
 
 def _count(req: RequestLog) -> tuple[int, int]:
@@ -125,11 +132,16 @@ def _int(value: Any) -> int:
 class Accountant:
     """Turns a RequestLog into a UsageRecord and submits it; owned by the lifespan."""
 
-    __slots__ = ("catalog", "writer", "requests")
+    __slots__ = ("catalog", "writer", "requests", "default_class", "_classes", "_classify")
 
-    def __init__(self, catalog: PriceCatalog, writer: UsageWriter) -> None:
+    def __init__(self, catalog: PriceCatalog, writer: UsageWriter,
+                 default_class: str = "medium", classify_all: bool = True) -> None:
         self.catalog = catalog
         self.writer = writer
+        self.default_class = default_class
+        self._classify = classify_all  # routing.classify_all
+        # cache key → class: a hit's prompt is the one its miss classified (bounded).
+        self._classes: dict[str, str] = {}
         # (endpoint, status, cache status) → count, for /metrics.
         self.requests: dict[tuple[str, int, str], int] = {}
 
@@ -165,8 +177,9 @@ class Accountant:
         used = req.model_used or req.model
         hit = req.cache_status == b"HIT"
         catalog = self.catalog
-        # The baseline is the model as asked; an alias (no price of its own) as its model.
-        asked = req.model
+        # The baseline: routing.baseline_model (for smart-*, the premium model they save
+        # against), else the model as asked; an alias (no price of its own) as its model.
+        asked = req.baseline or req.model
         if asked != used and asked not in catalog:
             asked = used
         baseline = (catalog.cost_micros(asked, prompt, completion)
@@ -180,7 +193,7 @@ class Accountant:
             cost = 0
         total_ms = (perf_counter() - req.t0) * 1000
         upstream_ms = req.upstream_s * 1000
-        # Positional, in column order: a 22-keyword call costs ~4x the positional one.
+        # Positional, in column order: a 23-keyword call costs ~4x the positional one.
         return UsageRecord(
             req.rid,  # request_id
             req.ts,  # ts
@@ -204,7 +217,29 @@ class Accountant:
             max(0.0, total_ms - upstream_ms),  # overhead_ms
             req.end_user,  # end_user
             req.attempts,  # attempts
+            self._complexity(req),  # complexity
         )
+
+    def _complexity(self, req: RequestLog) -> str | None:
+        """The class of a chat request that a model answered (a hit, or an upstream call):
+        the plan's for a smart one, else classified here, after the response went out (the
+        ledger needs it, the request does not; ~13 µs). A hit's prompt was classified when
+        its miss was, in this process: remembered by cache key. Requests refused before
+        any model saw them (429, 400) get none: no money was spent or saved on them."""
+        if (req.complexity is not None or not self._classify or req.endpoint != "chat"
+                or req.doc is None):
+            return req.complexity
+        if req.attempts == 0 and req.cache_status != b"HIT":
+            return None
+        key = req.cache_key
+        if key is not None and (known := self._classes.get(key)) is not None:
+            return known
+        cls = classify(req.doc, self.default_class).cls
+        if key is not None:
+            if len(self._classes) >= _MAX_CLASSES:
+                self._classes.clear()  # rare; a forgotten entry costs one classification
+            self._classes[key] = cls
+        return cls
 
     def finish(self, req: RequestLog) -> None:
         key = (req.endpoint, req.status, req.cache_status.decode())

@@ -54,6 +54,7 @@ _FOREVER = datetime.max.replace(tzinfo=UTC)  # asyncpg encodes this as 'infinity
 _AGG = """
 SELECT org_id, date_trunc('hour', ts, 'UTC') AS hour,
        coalesce(model_used, '') AS model_used, coalesce(provider, '') AS provider,
+       coalesce(complexity, '') AS complexity, coalesce(route, '') AS route,
        count(*) AS requests,
        coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
        coalesce(sum(completion_tokens), 0) AS completion_tokens,
@@ -64,11 +65,11 @@ SELECT org_id, date_trunc('hour', ts, 'UTC') AS hour,
        count(*) FILTER (WHERE cache_status = 'HIT') AS cache_hits
 FROM usage_log
 WHERE ts >= $1 AND ts < $2 AND org_id IS NOT NULL {org_filter}
-GROUP BY 1, 2, 3, 4
+GROUP BY 1, 2, 3, 4, 5, 6
 """
 _METRICS = ("requests", "prompt_tokens", "completion_tokens", "cost_micros",
             "baseline_cost_micros", "cache_hits")
-_KEY = ("org_id", "hour", "model_used", "provider")
+_KEY = ("org_id", "hour", "model_used", "provider", "complexity", "route")
 # Recompute-replace of the hours in [$1, $2) (optionally one org): upsert every group, but
 # skip rows whose numbers did not change (no dead tuples for settled hours), and delete
 # rollup rows whose group no longer exists in the raw rows.
@@ -86,8 +87,7 @@ up AS (
 gone AS (
     DELETE FROM usage_hourly h
     WHERE h.hour >= $1 AND h.hour < $2 {{org_filter_h}}
-      AND NOT EXISTS (SELECT 1 FROM agg a WHERE a.org_id = h.org_id AND a.hour = h.hour
-                      AND a.model_used = h.model_used AND a.provider = h.provider)
+      AND NOT EXISTS (SELECT 1 FROM agg a WHERE {" AND ".join(f"a.{k} = h.{k}" for k in _KEY)})
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM agg) AS groups, (SELECT count(*) FROM up) AS changed,

@@ -19,7 +19,8 @@ the cost of a request is the price of the deployment that answered it.
 
 ``max_output_tokens`` (optional, default ``DEFAULT_MAX_OUTPUT``) is the model's output
 limit: what a request to a provider that requires ``max_tokens`` (Anthropic) asks for when
-the client did not say.
+the client did not say. ``capabilities`` and ``latency_ms`` are what smart routing reads
+(one catalog serves billing and routing, DESIGN §11).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ log = logging.getLogger("cognitude.pricing")
 
 TIERS = ("economy", "standard", "premium")
 FIELDS = ("provider", "input_per_mtok", "output_per_mtok", "context_window", "tier")
-OPTIONAL_FIELDS = ("max_output_tokens",)
+OPTIONAL_FIELDS = ("max_output_tokens", "capabilities", "latency_ms")
 DEFAULT_MAX_OUTPUT = 4096
+CAPABILITIES = ("chat", "embeddings", "tools", "vision", "json")
+DEFAULT_LATENCY_MS = 1000
 PRICE_SCALE = 1_000_000  # micro-USD per USD
 _HALF = PRICE_SCALE // 2
 # Dated snapshots and aliases price like their base model unless listed themselves:
@@ -60,6 +63,8 @@ class ModelPrice:
     context_window: int
     tier: str
     max_output_tokens: int = DEFAULT_MAX_OUTPUT
+    capabilities: frozenset[str] = frozenset({"chat"})
+    latency_ms: int = DEFAULT_LATENCY_MS
 
     def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
         numerator = (prompt_tokens * self.input_micros_per_mtok
@@ -187,6 +192,12 @@ def _parse_entry(model: str, entry: Mapping[str, Any]) -> ModelPrice:
     max_output = entry.get("max_output_tokens", DEFAULT_MAX_OUTPUT)
     if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output <= 0:
         raise bad("max_output_tokens", f"must be a positive integer, got {max_output!r}")
+    latency = entry.get("latency_ms", DEFAULT_LATENCY_MS)
+    if isinstance(latency, bool) or not isinstance(latency, int) or latency <= 0:
+        raise bad("latency_ms", f"must be a positive integer, got {latency!r}")
+    caps = entry.get("capabilities", ["chat"])
+    if not isinstance(caps, list | tuple) or any(c not in CAPABILITIES for c in caps):
+        raise bad("capabilities", f"must be a list of {', '.join(CAPABILITIES)}; got {caps!r}")
     return ModelPrice(
         model=model,
         provider=provider,
@@ -195,6 +206,8 @@ def _parse_entry(model: str, entry: Mapping[str, Any]) -> ModelPrice:
         context_window=window,
         tier=tier,
         max_output_tokens=max_output,
+        capabilities=frozenset(caps),
+        latency_ms=latency,
     )
 
 

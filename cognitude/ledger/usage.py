@@ -65,6 +65,7 @@ class UsageRecord(NamedTuple):
     overhead_ms: float | None
     end_user: str | None
     attempts: int | None = None  # upstream calls (retries, fallbacks); 0: none (a hit)
+    complexity: str | None = None  # simple | medium | complex (chat requests)
 
 
 COLUMNS: tuple[str, ...] = UsageRecord._fields

@@ -19,6 +19,7 @@ from cognitude.errors import ServiceUnavailable
 from cognitude.identity.keycache import KeyInfo
 from cognitude.management.common import error_response, json_response, state
 from cognitude.management.guards import require_key
+from cognitude.routing.rules import SMART_MODELS
 
 
 async def health(request: Request) -> Response:
@@ -60,9 +61,9 @@ def _own_providers(info: KeyInfo) -> set[str]:
 
 async def models(request: Request) -> Response:
     """``GET /v1/models``: the models this org can reach (shared providers, and those it
-    stored its own key for)."""
+    stored its own key for), and the ``smart-*`` names smart routing answers."""
     info = await require_key(request)
-    body = state(request).providers.model_list(_own_providers(info))
+    body = state(request).providers.model_list(_own_providers(info), SMART_MODELS)
     return Response(body, media_type="application/json")
 
 
@@ -70,7 +71,7 @@ async def model(request: Request) -> Response:
     """``GET /v1/models/{id}`` (the SDK's ``models.retrieve``)."""
     info = await require_key(request)
     body = state(request).providers.model(request.path_params["model_id"],
-                                           _own_providers(info))
+                                           _own_providers(info), SMART_MODELS)
     return Response(body, media_type="application/json")
 
 

@@ -104,17 +104,20 @@ class Providers:
                 out[alias] = out[m]
         return out
 
-    def model_list(self, own: Iterable[str]) -> bytes:
+    def model_list(self, own: Iterable[str], virtual: Iterable[str] = ()) -> bytes:
         """``GET /v1/models`` for an org: the models it can reach, each with the providers
-        behind it (``owned_by`` is the first, as a single-provider client expects)."""
+        behind it (``owned_by`` is the first, as a single-provider client expects), and the
+        ``virtual`` ones the proxy itself answers for (``smart-*``)."""
         served = self._served(frozenset(own))
+        served.update((name, ["cognitude"]) for name in virtual)
         return orjson.dumps({"object": "list",
                              "data": [_model_object(m, names) for m, names in served.items()]})
 
-    def model(self, model_id: str, own: Iterable[str]) -> bytes:
+    def model(self, model_id: str, own: Iterable[str], virtual: Iterable[str] = ()) -> bytes:
         """``GET /v1/models/{id}``; 404 ``model_not_found`` for a model the org cannot reach
         (exactly as for one that does not exist: it does not, for this org)."""
-        names = self._served(frozenset(own)).get(model_id)
+        names = ["cognitude"] if model_id in virtual else self._served(frozenset(own)).get(
+            model_id)
         if names is None:
             raise ModelNotFound(f"The model `{model_id}` does not exist or is not served by "
                                 "this proxy.", param="model")
