@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
+from cognitude.ledger.spill import spill_header
 from cognitude.ledger.usage import COLUMNS, UsageRecord, UsageWriter
 from tests.conftest import free_port
 
@@ -361,3 +363,20 @@ async def test_spill_directory_bound_is_loud(pool: asyncpg.Pool, tmp_path: Path,
     lost = [r for r in caplog.records if "USAGE ROWS LOST" in r.getMessage()]
     assert len(lost) == 1 and lost[0].levelname == "ERROR"
     assert await writer(pool, tmp_path).replay() == w.rows_spilled
+
+
+async def test_a_spill_file_from_before_the_newer_columns_still_replays(
+        pool: asyncpg.Pool, tmp_path: Path, org: str) -> None:
+    """A file written by a version with the original 21 columns (before attempts,
+    complexity and the prompt facts) loads, the newer columns NULL."""
+    old = COLUMNS[:COLUMNS.index("end_user") + 1]
+    recs = make_records(org, 3)
+    lines = [spill_header(old)] + [
+        orjson.dumps([v.isoformat() if isinstance(v, datetime) else v for v in r[:len(old)]],
+                     option=orjson.OPT_APPEND_NEWLINE) for r in recs]
+    (tmp_path / "usage-00000000000000000001-1-0.jsonl").write_bytes(b"".join(lines))
+    w = writer(pool, tmp_path)
+    assert await w.replay() == 3
+    got = await rows_of(pool, org)
+    assert [g[:len(old)] for g in got] == [tuple(r[:len(old)]) for r in recs]
+    assert all(g[len(old):] == (None,) * (len(COLUMNS) - len(old)) for g in got)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import msgspec
 
 from cognitude.ledger.pricing import PriceCatalog
+from cognitude.ledger.prompt_facts import PromptFacts, prompt_facts
 from cognitude.ledger.usage import UsageRecord, UsageWriter
 from cognitude.routing.classifier import classify
 
@@ -59,7 +60,8 @@ def usage_of(body: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-_MAX_CLASSES = 50_000
+_MAX_MEMO = 10_000  # cache keys remembered for their class and prompt facts (~3 MB)
+_NO_FACTS = PromptFacts(None, None, None, None)
 
 
 class RequestLog:
@@ -132,7 +134,8 @@ def _int(value: Any) -> int:
 class Accountant:
     """Turns a RequestLog into a UsageRecord and submits it; owned by the lifespan."""
 
-    __slots__ = ("catalog", "writer", "requests", "default_class", "_classes", "_classify")
+    __slots__ = ("catalog", "writer", "requests", "default_class", "_classes", "_classify",
+                 "_prompts")
 
     def __init__(self, catalog: PriceCatalog, writer: UsageWriter,
                  default_class: str = "medium", classify_all: bool = True) -> None:
@@ -142,6 +145,7 @@ class Accountant:
         self._classify = classify_all  # routing.classify_all
         # cache key → class: a hit's prompt is the one its miss classified (bounded).
         self._classes: dict[str, str] = {}
+        self._prompts: dict[str, PromptFacts] = {}  # cache key → its prompt facts
         # (endpoint, status, cache status) → count, for /metrics.
         self.requests: dict[tuple[str, int, str], int] = {}
 
@@ -193,7 +197,8 @@ class Accountant:
             cost = 0
         total_ms = (perf_counter() - req.t0) * 1000
         upstream_ms = req.upstream_s * 1000
-        # Positional, in column order: a 23-keyword call costs ~4x the positional one.
+        facts = self._facts(req)
+        # Positional, in column order: a 27-keyword call costs ~4x the positional one.
         return UsageRecord(
             req.rid,  # request_id
             req.ts,  # ts
@@ -218,7 +223,23 @@ class Accountant:
             req.end_user,  # end_user
             req.attempts,  # attempts
             self._complexity(req),  # complexity
+            *facts,  # prompt_hash, prefix_hash, prefix_tokens, max_tokens
         )
+
+    def _facts(self, req: RequestLog) -> PromptFacts:
+        """The prompt's hashes and sizes; a hit's are its miss's (remembered by cache key,
+        like the class: hashing a long system prompt is the costly part)."""
+        if req.doc is None:
+            return _NO_FACTS
+        key = req.cache_key
+        if key is None:
+            return prompt_facts(req.doc, None)
+        known = self._prompts.get(key)
+        if known is None:
+            if len(self._prompts) >= _MAX_MEMO:
+                self._prompts.clear()
+            known = self._prompts[key] = prompt_facts(req.doc, key)
+        return known
 
     def _complexity(self, req: RequestLog) -> str | None:
         """The class of a chat request that a model answered (a hit, or an upstream call):
@@ -236,7 +257,7 @@ class Accountant:
             return known
         cls = classify(req.doc, self.default_class).cls
         if key is not None:
-            if len(self._classes) >= _MAX_CLASSES:
+            if len(self._classes) >= _MAX_MEMO:
                 self._classes.clear()  # rare; a forgotten entry costs one classification
             self._classes[key] = cls
         return cls

@@ -66,6 +66,10 @@ class UsageRecord(NamedTuple):
     end_user: str | None
     attempts: int | None = None  # upstream calls (retries, fallbacks); 0: none (a hit)
     complexity: str | None = None  # simple | medium | complex (chat requests)
+    prompt_hash: str | None = None  # ledger.prompt_facts: the request's cache digest
+    prefix_hash: str | None = None  # ... of everything before the latest user message
+    prefix_tokens: int | None = None
+    max_tokens: int | None = None
 
 
 COLUMNS: tuple[str, ...] = UsageRecord._fields

@@ -53,8 +53,8 @@ from .lexicon import OPENERS
 from .signals import (
     LEXICON,
     Structure,
+    count_digits,
     has_cjk,
-    has_digits,
     strip_bait,
     structure,
     tokenize,
@@ -140,6 +140,8 @@ _FORMAL = frozenset(("proof", "theory"))
 _SELF_CONTAINED = frozenset(("lookup", "name_lookup", "simple_task", "brevity", "one_line",
                              "short_form", "chitchat"))
 
+_GROUP_RANK = {group: rank for rank, group in enumerate(GROUP_WEIGHTS)}
+
 Signals = list[tuple[str, float]]
 
 
@@ -160,7 +162,7 @@ def classify(doc: dict[str, Any], default_class: str = "medium") -> Classificati
     signals = _turn_signals(turn) if turn is not None else []
     if not signals:
         return Classification(default_class, 0.0, (), True)
-    score = round(sum(weight for _, weight in signals), 3)
+    score = round(sum([weight for _, weight in signals]), 3)
     return Classification(class_of(score), score, tuple(signals), False)
 
 
@@ -172,12 +174,12 @@ def class_of(score: float) -> str:
 
 def _turn_signals(turn: Turn) -> Signals:
     signals, hits, units = _content_signals(turn.latest)
-    carry = _carry(turn, hits, units)
+    carry = _carry(turn, hits, units) if turn.previous else 0.0
     if carry > 0:
         # A follow-up is short because the conversation carries its content.
         signals.append(("follow_up", carry))
-    elif _FORMAL.isdisjoint(hits):
-        signals += _length_signals(units)
+    elif "proof" not in hits and "theory" not in hits:  # _FORMAL
+        _add_length_signal(signals, units)
     if turn.images:
         signals.append(("image", WEIGHTS["image"]))
     if turn.prior_user >= _DEPTH_TURNS and "chitchat" not in hits:
@@ -190,8 +192,8 @@ def _content_signals(turn: Reading) -> tuple[Signals, dict[str, int], float]:
     hits, units = _scan(turn.ask)
     units *= turn.scale
     signals = _keyword_signals(hits, units)
-    signals += _structure_signals(structure(turn.ask, turn.sample, turn.fenced),
-                                  "code_request" in hits)
+    _add_structure_signals(signals, structure(turn.ask, turn.sample, turn.fenced),
+                           "code_request" in hits)
     if turn.pasted:
         signals.append(("pasted_material", WEIGHTS["pasted_material"]))
         if "summarise" in hits:
@@ -213,15 +215,17 @@ def _scan(raw: str) -> tuple[dict[str, int], float]:
         hits.pop("lookup", None)
     elif _LOOKUPS.isdisjoint(hits) and norm[1:norm.find(" ", 1)] in OPENERS:
         hits["opener"] = 1
-    if len(words) >= _QUANTITIES and has_digits(norm):
+    # Each number word starts with a digit, so fewer digits than _QUANTITIES rule it out
+    # without looking at the words.
+    if len(words) >= _QUANTITIES and count_digits(norm) >= _QUANTITIES:
         numbers = len([word for word in words if word[0] in _DIGITS])
         if numbers >= _QUANTITIES:
             # A question about a problem stated in numbers is a calculation, not a look-up.
             hits["quantities"] = numbers
             hits.pop("lookup", None)
             hits.pop("opener", None)
-    if "code_strong" in hits or hits.get("code_weak", 0) >= 2 or (
-            "code_weak" in hits and "compose" in hits):
+    if "code_strong" in hits or ("code_weak" in hits and (
+            hits["code_weak"] >= 2 or "compose" in hits)):
         # "Write" is part of the code request, not extra prose to write.
         hits.pop("compose", None)
         hits["code_request"] = 1
@@ -229,13 +233,16 @@ def _scan(raw: str) -> tuple[dict[str, int], float]:
 
 
 def _keyword_signals(hits: dict[str, int], units: float) -> Signals:
-    signals = [(group, pair[0] if hits[group] == 1 else pair[1])
-               for group, pair in GROUP_WEIGHTS.items() if group in hits]
+    # In GROUP_WEIGHTS order; a turn hits a few groups, so sorting those beats a pass over
+    # every group.
+    signals = [(group, _pair(group, hits[group]))
+               for group in sorted(hits.keys() & GROUP_WEIGHTS.keys(), key=_GROUP_RANK.get)]
     if "chitchat" in hits and units <= _CHITCHAT_MAX_UNITS and hits.keys() <= _CHITCHAT_COMPANIONS:
         signals.append(("chitchat", WEIGHTS["chitchat"]))
-    for name in ("code_request", "quantities"):
-        if name in hits:
-            signals.append((name, WEIGHTS[name]))
+    if "code_request" in hits:
+        signals.append(("code_request", WEIGHTS["code_request"]))
+    if "quantities" in hits:
+        signals.append(("quantities", WEIGHTS["quantities"]))
     if hits.get("sequence", 0) >= 2:
         signals.append(("sequence", WEIGHTS["sequence"]))
     if hits.get("constraint", 0) >= 3:
@@ -243,39 +250,43 @@ def _keyword_signals(hits: dict[str, int], units: float) -> Signals:
     return signals
 
 
-def _structure_signals(shape: Structure, code_request: bool) -> Signals:
-    names: list[str] = []
+def _pair(group: str, distinct: int) -> float:
+    one, more = GROUP_WEIGHTS[group]
+    return one if distinct == 1 else more
+
+
+def _add_structure_signals(signals: Signals, shape: Structure, code_request: bool) -> None:
     if shape.code_markers >= 3:
-        names.append("code_block_asked" if code_request else "code_block")
+        name = "code_block_asked" if code_request else "code_block"
+        signals.append((name, WEIGHTS[name]))
     if shape.stack_trace:
-        names.append("stack_trace")
+        signals.append(("stack_trace", WEIGHTS["stack_trace"]))
     if shape.math_notation:
-        names.append("math_notation")
+        signals.append(("math_notation", WEIGHTS["math_notation"]))
     if shape.questions >= 2:
-        names.append("questions")
+        signals.append(("questions", WEIGHTS["questions"]))
     if shape.list_items >= 6:
-        names.append("many_steps")
+        signals.append(("many_steps", WEIGHTS["many_steps"]))
     elif shape.list_items >= 3:
-        names.append("list_steps")
-    if shape.words_requested >= 800:
-        names.append("long_output_requested")
-    elif shape.words_requested >= 250:
-        names.append("output_requested")
-    elif 0 < shape.words_requested <= 100:
-        names.append("short_output_requested")
-    return [(name, WEIGHTS[name]) for name in names]
+        signals.append(("list_steps", WEIGHTS["list_steps"]))
+    requested = shape.words_requested
+    if requested >= 800:
+        signals.append(("long_output_requested", WEIGHTS["long_output_requested"]))
+    elif requested >= 250:
+        signals.append(("output_requested", WEIGHTS["output_requested"]))
+    elif 0 < requested <= 100:
+        signals.append(("short_output_requested", WEIGHTS["short_output_requested"]))
 
 
-def _length_signals(units: float) -> Signals:
+def _add_length_signal(signals: Signals, units: float) -> None:
     if units <= _TINY:
-        return [("length_tiny", WEIGHTS["length_tiny"])]
-    if units <= _SHORT:
-        return [("length_short", WEIGHTS["length_short"])]
-    if units > _VERY_LONG:
-        return [("length_very_long", WEIGHTS["length_very_long"])]
-    if units > _LONG:
-        return [("length_long", WEIGHTS["length_long"])]
-    return []
+        signals.append(("length_tiny", WEIGHTS["length_tiny"]))
+    elif units <= _SHORT:
+        signals.append(("length_short", WEIGHTS["length_short"]))
+    elif units > _VERY_LONG:
+        signals.append(("length_very_long", WEIGHTS["length_very_long"]))
+    elif units > _LONG:
+        signals.append(("length_long", WEIGHTS["length_long"]))
 
 
 def _carry(turn: Turn, hits: dict[str, int], units: float) -> float:
@@ -291,5 +302,6 @@ def _carry(turn: Turn, hits: dict[str, int], units: float) -> float:
     if not _SELF_CONTAINED.isdisjoint(hits):
         return 0.0
     signals, _, prev_units = _content_signals(read(turn.previous))
-    score = sum(weight for _, weight in signals + _length_signals(prev_units))
+    _add_length_signal(signals, prev_units)
+    score = sum([weight for _, weight in signals])
     return round(min(cap, share * score), 3) if score > 0 else 0.0

@@ -62,9 +62,10 @@ def tokenize(lower: str) -> tuple[str, set[str]]:
     return " " + " ".join(tokens) + " ", set(tokens)
 
 
-def has_digits(text: str) -> bool:
+def count_digits(text: str) -> int:
+    """ASCII digits in the text (a bytes translate: no per-character loop)."""
     encoded = text.encode(errors=_LONE)
-    return len(encoded.translate(None, b"0123456789")) != len(encoded)
+    return len(encoded) - len(encoded.translate(None, b"0123456789"))
 
 
 def has_cjk(text: str) -> bool:
@@ -76,7 +77,7 @@ class Lexicon:
 
     def __init__(self, groups: dict[str, Group]) -> None:
         words: dict[str, list[str]] = {}
-        phrases: dict[str, list[tuple[str, str, str]]] = {}
+        phrases: list[tuple[str, list[str], str]] = []
         cjk: dict[str, list[tuple[str, str]]] = {}
         for group, listing in groups.items():
             # The same word in two languages' lists (en "analyse", fr "analyse") counts once.
@@ -89,21 +90,19 @@ class Lexicon:
                 if len(parts) == 1:
                     words.setdefault(parts[0], []).append(group)
                 else:
-                    phrases.setdefault(parts[0], []).append((norm, parts[-1], group))
+                    phrases.append((norm, parts, group))
         self._words = {w: tuple(dict.fromkeys(g)) for w, g in words.items()}
-        self._word_keys = frozenset(self._words)
-        self._phrases = {w: tuple(p) for w, p in phrases.items()}
-        self._phrase_keys = frozenset(self._phrases)
-        # Last words of the phrases of each first word: most first words ("the", "in") are
-        # dismissed by one set test instead of a loop over their phrases.
-        self._phrase_lasts = {w: frozenset(last for _, last, _ in p) for w, p in phrases.items()}
+        self._phrases = _phrase_index(phrases)
+        # One set of every word that starts a look-up, so that a text's words are matched
+        # against both kinds of term by one set intersection.
+        self._keys = frozenset(self._words) | frozenset(self._phrases)
         self._cjk = {c: tuple(t) for c, t in cjk.items()}
         self._cjk_keys = frozenset(self._cjk)
         self._false = {_key(t): tuple(_key(p) for f in fs for p in _expand(f))
                        for t, fs in FALSE_FRIENDS.items()}
         # Single-word terms that need a second look: they have false friends, or they also
         # occur inside a phrase term and may be part of it ("list" in "linked list").
-        inside = {w for ps in self._phrases.values() for p, _, _ in ps for w in p.split()}
+        inside = {w for _, parts, _ in phrases for w in parts}
         self._careful = frozenset(w for w in self._words
                                   if w in inside or f" {w} " in self._false)
 
@@ -111,20 +110,22 @@ class Lexicon:
         """Group → number of distinct terms of it found in the text."""
         hits: dict[str, int] = {}
         matched: list[str] = []
-        for first in words & self._phrase_keys:
-            if self._phrase_lasts[first].isdisjoint(words):
-                continue
-            for phrase, last, group in self._phrases[first]:
-                if last in words and phrase in norm and self._counts(phrase, norm):
+        careful: list[str] = []
+        for word in words & self._keys:
+            for phrase, other, group in self._phrases.get(word, ()):
+                if other in words and phrase in norm and self._counts(phrase, norm):
                     hits[group] = hits.get(group, 0) + 1
                     matched.append(phrase)
-        for word in words & self._word_keys:
             if word in self._careful:
-                padded = f" {word} "
-                if not self._counts(padded, norm) or not _outside(padded, matched, norm):
-                    continue
-            for group in self._words[word]:
+                careful.append(word)  # once every phrase is known: it may be inside one
+                continue
+            for group in self._words.get(word, ()):
                 hits[group] = hits.get(group, 0) + 1
+        for word in careful:
+            padded = f" {word} "
+            if self._counts(padded, norm) and _outside(padded, matched, norm):
+                for group in self._words[word]:
+                    hits[group] = hits.get(group, 0) + 1
         if cjk:
             for char in self._cjk_keys.intersection(raw):
                 for term, group in self._cjk[char]:
@@ -138,6 +139,25 @@ class Lexicon:
         if friends is None:
             return True
         return text.count(term) > sum(text.count(f) for f in friends)
+
+
+def _phrase_index(phrases: list[tuple[str, list[str], str]]
+                  ) -> dict[str, tuple[tuple[str, str, str], ...]]:
+    """Phrase terms by their rarest word, each with its second rarest: (phrase, word, group).
+
+    A phrase can only occur where all its words do, so any one of them can key it; the rarest
+    ("sentences" of "in two sentences", not "in") keeps the phrases looked at per text few,
+    and the second word dismisses most of those by a set test before any substring search.
+    Rarity is the number of phrase terms a word occurs in, longer words first on a tie."""
+    counts: dict[str, int] = {}
+    for _, parts, _ in phrases:
+        for word in set(parts):
+            counts[word] = counts.get(word, 0) + 1
+    index: dict[str, list[tuple[str, str, str]]] = {}
+    for norm, parts, group in phrases:
+        rarest = sorted(set(parts), key=lambda w: (counts[w], -len(w), w))
+        index.setdefault(rarest[0], []).append((norm, rarest[-1 if len(rarest) < 2 else 1], group))
+    return {w: tuple(p) for w, p in index.items()}
 
 
 def _outside(padded: str, phrases: list[str], norm: str) -> bool:
