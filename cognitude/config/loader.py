@@ -15,6 +15,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from cognitude.config.routing_table import routing_table, validate_routing
 from cognitude.config.schema import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
@@ -29,7 +30,6 @@ from cognitude.config.schema import (
     ProviderConfig,
     RateLimitConfig,
     RedisConfig,
-    RoutingConfig,
     ServerConfig,
     UpstreamConfig,
     UsageConfig,
@@ -167,10 +167,7 @@ def _check_unknown_env(cfg: Config, env: typing.Mapping[str, str]) -> None:
 
 
 def _validate(cfg: Config) -> None:
-    def positive(value: float, key: str) -> None:
-        if value <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {value!r}")
-
+    positive = _positive
     s = cfg.server
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"server.port: must be 0..65535, got {s.port}")
@@ -220,24 +217,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("maintenance.retention_days: must be >= 0")
     if cfg.maintenance.rollup_lateness_s < 600:
         raise ConfigError("maintenance.rollup_lateness_s: must be >= 600")
-    positive(cfg.upstream.connect_timeout_s, "upstream.connect_timeout_s")
-    positive(cfg.upstream.read_timeout_s, "upstream.read_timeout_s")
-    positive(cfg.upstream.total_timeout_s, "upstream.total_timeout_s")
-    positive(cfg.upstream.max_response_bytes, "upstream.max_response_bytes")
-    positive(cfg.upstream.pool_size, "upstream.pool_size")
-    up = cfg.upstream
-    if not 1 <= up.max_attempts <= 10:
-        raise ConfigError(f"upstream.max_attempts: must be 1..10, got {up.max_attempts}")
-    if up.retry_after_max_s < 0:
-        raise ConfigError("upstream.retry_after_max_s: must be >= 0")
-    positive(up.backoff_base_ms, "upstream.backoff_base_ms")
-    if up.backoff_max_ms < up.backoff_base_ms:
-        raise ConfigError("upstream.backoff_max_ms: must be >= upstream.backoff_base_ms")
-    positive(up.cooldown_s, "upstream.cooldown_s")
-    if not 0 < up.cooldown_failure_rate <= 1:
-        raise ConfigError("upstream.cooldown_failure_rate: must be in (0, 1], got "
-                          f"{up.cooldown_failure_rate}")
-    positive(up.cooldown_min_calls, "upstream.cooldown_min_calls")
+    _validate_upstream(cfg.upstream)
     positive(cfg.auth.key_cache_ttl_s, "auth.key_cache_ttl_s")
     positive(cfg.auth.lookup_timeout_ms, "auth.lookup_timeout_ms")
     positive(cfg.auth.register_per_hour, "auth.register_per_hour")
@@ -252,6 +232,37 @@ def _validate(cfg: Config) -> None:
             len(sk.key_sha256) != 64 or any(c not in "0123456789abcdef" for c in sk.key_sha256)
         ):
             raise ConfigError(f"{where}.key_sha256: expected 64 lowercase hex characters")
+    validate_routing(cfg.routing, _validate_providers(cfg))
+
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value!r}")
+
+
+def _validate_upstream(up: UpstreamConfig) -> None:
+    _positive(up.connect_timeout_s, "upstream.connect_timeout_s")
+    _positive(up.read_timeout_s, "upstream.read_timeout_s")
+    _positive(up.total_timeout_s, "upstream.total_timeout_s")
+    _positive(up.max_response_bytes, "upstream.max_response_bytes")
+    _positive(up.pool_size, "upstream.pool_size")
+    if not 1 <= up.max_attempts <= 10:
+        raise ConfigError(f"upstream.max_attempts: must be 1..10, got {up.max_attempts}")
+    if up.retry_after_max_s < 0:
+        raise ConfigError("upstream.retry_after_max_s: must be >= 0")
+    _positive(up.backoff_base_ms, "upstream.backoff_base_ms")
+    if up.backoff_max_ms < up.backoff_base_ms:
+        raise ConfigError("upstream.backoff_max_ms: must be >= upstream.backoff_base_ms")
+    _positive(up.cooldown_s, "upstream.cooldown_s")
+    if not 0 < up.cooldown_failure_rate <= 1:
+        raise ConfigError("upstream.cooldown_failure_rate: must be in (0, 1], got "
+                          f"{up.cooldown_failure_rate}")
+    _positive(up.cooldown_min_calls, "upstream.cooldown_min_calls")
+
+
+def _validate_providers(cfg: Config) -> set[str]:
+    """The providers' kinds, URLs and model lists; the models served."""
     served: set[str] = set()
     for p in cfg.providers:
         where = f"providers.{p.name}"
@@ -267,77 +278,7 @@ def _validate(cfg: Config) -> None:
         if twice:
             raise ConfigError(f"{where}.models: {twice[0]!r} is listed twice")
         served.update(p.models)
-    _validate_routing(cfg.routing, served)
-
-
-def _validate_routing(routing: RoutingConfig, served: set[str]) -> None:
-    if routing.default_mode not in ("cost", "latency", "quality"):
-        raise ConfigError("routing.default_mode: expected \"cost\", \"latency\" or "
-                          f"\"quality\", got {routing.default_mode!r}")
-    if routing.default_class not in ("simple", "medium", "complex"):
-        raise ConfigError("routing.default_class: expected \"simple\", \"medium\" or "
-                          f"\"complex\", got {routing.default_class!r}")
-    if routing.baseline_model and routing.baseline_model not in served:
-        raise ConfigError(f"routing.baseline_model: {routing.baseline_model!r} is not served "
-                          "by any provider")
-    for model, targets in routing.fallbacks:
-        where = f"routing.fallbacks.{model!r}"
-        if model not in served:
-            raise ConfigError(f"{where}: no provider serves {model!r} (its fallbacks would "
-                              "never be used)")
-        for t in targets:
-            if t not in served:
-                raise ConfigError(f"{where}: fallback {t!r} is not served by any provider")
-            if t == model:
-                raise ConfigError(f"{where}: a model cannot be its own fallback")
-    for alias, model in routing.aliases:
-        where = f"routing.aliases.{alias!r}"
-        if alias in served:
-            raise ConfigError(f"{where}: {alias!r} is a model served by a provider; an alias "
-                              "may not hide it")
-        if model not in served:
-            raise ConfigError(f"{where}: {model!r} is not served by any provider")
-
-
-def _routing(value: Any) -> RoutingConfig:
-    """``[routing]``: tables of model names, which the generic schema coercion has no type
-    for (a TOML table with arbitrary keys)."""
-    if not isinstance(value, dict):
-        raise ConfigError("routing: expected a table")
-    tbl = value
-    known = ("aliases", "baseline_model", "classify_all", "default_class", "default_mode",
-             "exclude_models", "exclude_providers", "fallbacks", "rules")
-    unknown = sorted(set(tbl) - set(known))
-    if unknown:
-        raise ConfigError(f"routing.{unknown[0]}: unknown key (known: {', '.join(known)})")
-    fallbacks = []
-    for model, targets in _name_table(tbl.get("fallbacks", {}), "routing.fallbacks"):
-        if (not isinstance(targets, list) or not targets
-                or not all(isinstance(t, str) and t for t in targets)):
-            raise ConfigError(f"routing.fallbacks.{model!r}: expected a non-empty array of "
-                              f"model names, got {targets!r}")
-        fallbacks.append((model, tuple(targets)))
-    aliases = []
-    for alias, model in _name_table(tbl.get("aliases", {}), "routing.aliases"):
-        if not isinstance(model, str) or not model:
-            raise ConfigError(f"routing.aliases.{alias!r}: expected a model name, got {model!r}")
-        aliases.append((alias, model))
-    plain = {k: _coerce(tbl[k], tp, f"routing.{k}") for k, tp in (
-        ("default_mode", str), ("default_class", str), ("baseline_model", str),
-        ("exclude_models", tuple[str, ...]), ("exclude_providers", tuple[str, ...]),
-        ("classify_all", bool))
-        if k in tbl}
-    rules = tbl.get("rules", [])
-    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
-        raise ConfigError("routing.rules: expected an array of tables [[routing.rules]]")
-    return RoutingConfig(tuple(fallbacks), tuple(aliases), **plain,
-                         rules=tuple(tuple(r.items()) for r in rules))
-
-
-def _name_table(value: Any, where: str) -> list[tuple[str, Any]]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a table of model names")
-    return list(value.items())
+    return served
 
 
 def parse(raw: dict[str, Any], source: str, env: typing.Mapping[str, str] | None = None) -> Config:
@@ -361,7 +302,7 @@ def parse(raw: dict[str, Any], source: str, env: typing.Mapping[str, str] | None
             elif key == "prices":
                 kwargs[key] = _prices(value)
             elif key == "routing":
-                kwargs[key] = _routing(value)
+                kwargs[key] = routing_table(value)
             elif key in _SECTIONS:
                 kwargs[key] = _coerce(value, _SECTIONS[key], key)
             else:

@@ -178,7 +178,7 @@ def _turn_signals(turn: Turn) -> Signals:
     if carry > 0:
         # A follow-up is short because the conversation carries its content.
         signals.append(("follow_up", carry))
-    elif "proof" not in hits and "theory" not in hits:  # _FORMAL
+    elif _FORMAL.isdisjoint(hits):
         _add_length_signal(signals, units)
     if turn.images:
         signals.append(("image", WEIGHTS["image"]))
@@ -224,8 +224,8 @@ def _scan(raw: str) -> tuple[dict[str, int], float]:
             hits["quantities"] = numbers
             hits.pop("lookup", None)
             hits.pop("opener", None)
-    if "code_strong" in hits or ("code_weak" in hits and (
-            hits["code_weak"] >= 2 or "compose" in hits)):
+    if "code_strong" in hits or hits.get("code_weak", 0) >= 2 or (
+            "code_weak" in hits and "compose" in hits):
         # "Write" is part of the code request, not extra prose to write.
         hits.pop("compose", None)
         hits["code_request"] = 1
@@ -233,10 +233,12 @@ def _scan(raw: str) -> tuple[dict[str, int], float]:
 
 
 def _keyword_signals(hits: dict[str, int], units: float) -> Signals:
-    # In GROUP_WEIGHTS order; a turn hits a few groups, so sorting those beats a pass over
-    # every group.
-    signals = [(group, _pair(group, hits[group]))
-               for group in sorted(hits.keys() & GROUP_WEIGHTS.keys(), key=_GROUP_RANK.get)]
+    signals: Signals = []
+    # In GROUP_WEIGHTS order: a turn hits a few groups, and sorting those beats a pass over
+    # all of them.
+    for group in sorted(hits.keys() & GROUP_WEIGHTS.keys(), key=_GROUP_RANK.__getitem__):
+        one, more = GROUP_WEIGHTS[group]
+        signals.append((group, one if hits[group] == 1 else more))
     if "chitchat" in hits and units <= _CHITCHAT_MAX_UNITS and hits.keys() <= _CHITCHAT_COMPANIONS:
         signals.append(("chitchat", WEIGHTS["chitchat"]))
     if "code_request" in hits:
@@ -248,11 +250,6 @@ def _keyword_signals(hits: dict[str, int], units: float) -> Signals:
     if hits.get("constraint", 0) >= 3:
         signals.append(("constraints", WEIGHTS["constraints"]))
     return signals
-
-
-def _pair(group: str, distinct: int) -> float:
-    one, more = GROUP_WEIGHTS[group]
-    return one if distinct == 1 else more
 
 
 def _add_structure_signals(signals: Signals, shape: Structure, code_request: bool) -> None:

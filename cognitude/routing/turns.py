@@ -100,7 +100,7 @@ def latest_turn(doc: Any) -> Turn | None:
             prior += 1
             continue
         text, images = _content(message.get("content"))
-        if not text.strip():
+        if not text or text.isspace():  # what ``not text.strip()`` says, without a copy
             continue
         if latest is None:
             latest = (text, images)
@@ -115,7 +115,10 @@ def latest_turn(doc: Any) -> Turn | None:
 def read(window: str) -> Reading:
     """The ask, a sample and the shape of one turn's (bounded) text."""
     fenced = "```" in window
-    ask, split = _ask(window, fenced)
+    if fenced or "\n\n" in window or len(window) > _PASTE_CHARS:
+        ask, split = _ask(window, fenced)
+    else:
+        ask, split = window, False  # one short paragraph: nothing to split off (``_ask``)
     ask = _unquoted(_without_code(ask))
     if len(window) > _SAMPLE_HEAD + _SAMPLE_TAIL:
         sample = (window[:_SAMPLE_HEAD] + "\n" + window[-_SAMPLE_TAIL:]).lower()
@@ -126,7 +129,9 @@ def read(window: str) -> Reading:
         material > _PASTE_CHARS or (material > _CJK_PASTE_CHARS and has_cjk(window)))
     # Unsplit, the whole turn is the ask even when only its edges were read for keywords.
     scale = 1.0 if split or len(ask) >= len(window) else len(window) / max(1, len(ask))
-    return Reading(ask.lower(), sample, fenced, pasted, scale)
+    # Usually the ask is the whole turn and the sample already its lower-cased text.
+    lower = sample if ask is window and len(sample) == len(window) else ask.lower()
+    return Reading(lower, sample, fenced, pasted, scale)
 
 
 def _content(content: Any) -> tuple[str, int]:
