@@ -167,6 +167,10 @@ async def test_endpoint_requires_a_valid_key(http: httpx.AsyncClient) -> None:
     ({"start": "2024-03-02", "end": "2024-03-01"}, "end"),
     ({"start": "2023-01-01", "end": "2024-01-02"}, "start"),  # 367 days
     ({"group_by": "week"}, "group_by"),
+    # The calendar's edges: the day arithmetic overflowed into a 500 (found by the fuzz).
+    ({"start": "0001-01-01", "end": "2024-01-01"}, "start"),
+    ({"end": "9999-12-31"}, "end"),
+    ({"end": "0001-01-01"}, "end"),
 ])
 async def test_bad_parameters_are_openai_errors(http: httpx.AsyncClient,
                                                 org_factory: Callable[..., Any],

@@ -215,3 +215,10 @@ async def test_a_refused_request_is_not_classified_and_a_hit_is(sdk, pg_dsn, pro
     assert bad.status_code == 404  # refused before any model saw it
     refused = await usage_row(pg_dsn, bad.headers["x-request-id"])
     assert refused["status_code"] == 404 and refused["complexity"] is None
+
+
+async def test_stats_refuse_dates_at_the_calendars_edge(proxy, org):
+    r = httpx.get(proxy.url + "/routing/stats", params={"end": "9999-12-31"},
+                  headers={"Authorization": f"Bearer {org.key}"}, timeout=10)
+    assert_openai_error(r, 400)
+    assert r.json()["error"]["param"] == "end"

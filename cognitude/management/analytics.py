@@ -24,6 +24,9 @@ from cognitude.management.guards import require_key
 
 log = logging.getLogger("cognitude.analytics")
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Reports span whole UTC days [start, end + 1 day) and default to DEFAULT_DAYS before end:
+# dates at the calendar's edges would overflow that arithmetic (a 500, found by the fuzz).
+_EARLIEST, _LATEST = date(1970, 1, 1), date(9999, 12, 30)
 
 
 def _date_param(request: Request, name: str, default: date) -> date:
@@ -34,10 +37,14 @@ def _date_param(request: Request, name: str, default: date) -> date:
         # fromisoformat alone would also take "20240101" and week dates.
         if not _DATE_RE.fullmatch(raw):
             raise ValueError(raw)
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise InvalidRequest(f"'{name}' must be a date as YYYY-MM-DD, got {raw!r}.",
                              param=name) from None
+    if not _EARLIEST <= day <= _LATEST:
+        raise InvalidRequest(f"'{name}' must be between {_EARLIEST} and {_LATEST}, got {raw}.",
+                             param=name)
+    return day
 
 
 def parse_params(request: Request, today: date | None = None) -> tuple[date, date, str]:
