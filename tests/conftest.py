@@ -334,3 +334,18 @@ def assert_openai_error(resp: httpx.Response, status: int, type_: str | None = N
     if code is not None:
         assert err["code"] == code, err
     return err
+
+
+async def usage_row(dsn: str, request_id: str) -> Any:
+    """The ledger row of one request (``X-Request-ID``), waiting for the writer's flush."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(100):
+            row = await conn.fetchrow("SELECT * FROM usage_log WHERE request_id = $1",
+                                      request_id)
+            if row is not None:
+                return row
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    raise AssertionError(f"no usage row for {request_id}")

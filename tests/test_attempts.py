@@ -4,19 +4,17 @@ second provider and the ledger see is checked."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 from openai import OpenAI
 
 from cognitude.mock_upstream import MockUpstream
-from tests.conftest import assert_openai_error, chat, free_port
+from tests.conftest import assert_openai_error, chat, free_port, usage_row
 
 MODELS = '["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]'
 
@@ -36,20 +34,6 @@ def second(second_server: MockUpstream) -> MockUpstream:
 def two_deployments(url: str, models: str = MODELS) -> str:
     """``provider_extra``: a provider ``b`` after ``mock``, serving the same models."""
     return f'\n[providers.b]\nbase_url = "{url}/v1"\napi_key_env = ""\nmodels = {models}\n'
-
-
-async def usage_row(dsn: str, request_id: str) -> Any:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for _ in range(100):
-            row = await conn.fetchrow("SELECT * FROM usage_log WHERE request_id = $1",
-                                      request_id)
-            if row is not None:
-                return row
-            await asyncio.sleep(0.1)
-    finally:
-        await conn.close()
-    raise AssertionError(f"no usage row for {request_id}")
 
 
 def post(proxy: Any, org: Any, body: dict[str, Any], timeout: float = 30) -> httpx.Response:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import assert_openai_error
+from tests.conftest import assert_openai_error, usage_row
 
 TRIVIAL = "What's 2+2?"
 HARD = ("Prove that there are infinitely many primes of the form 4k+3, then design a "
@@ -59,20 +58,6 @@ def sdk(proxy, org):
 def ask(sdk: OpenAI, content: str, model: str = "smart-cost", **extra: Any) -> Any:
     return sdk.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": content}], **extra)
-
-
-async def usage_row(dsn: str, request_id: str) -> Any:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for _ in range(100):
-            row = await conn.fetchrow("SELECT * FROM usage_log WHERE request_id = $1",
-                                      request_id)
-            if row is not None:
-                return row
-            await asyncio.sleep(0.1)
-    finally:
-        await conn.close()
-    raise AssertionError(f"no usage row for {request_id}")
 
 
 def test_smart_cost_sends_a_trivial_prompt_cheaper_than_a_hard_one(sdk, mock):

@@ -25,7 +25,7 @@ from cognitude.identity.keycache import KeyInfo
 from cognitude.providers.adapter import Adapter
 from cognitude.providers.upstream import Provider, Providers
 from cognitude.routing.router import NoModel, Router, needs_of
-from cognitude.routing.rules import SMART_MODELS, Policy
+from cognitude.routing.rules import SMART_MODELS, Policy, effective
 
 
 class Attempt(NamedTuple):
@@ -84,11 +84,8 @@ class Planner:
             return plan
         return self._build(info, model)
 
-    def policy_of(self, info: KeyInfo) -> Policy:
-        return info.routing.over(self._policy) if info.routing is not None else self._policy
-
     def _smart(self, info: KeyInfo, model: str, doc: dict[str, Any]) -> RoutePlan:
-        policy = self.policy_of(info)
+        policy = effective(info.routing, self._policy)
         try:
             decision = self._router.decide(doc, model, info.credentials or (), policy)
         except NoModel:
@@ -117,7 +114,7 @@ class Planner:
         route = f"alias:{model}" if target != model else None
         refusal: ProxyError | None = None
         attempts: list[Attempt] = []
-        excluded = self.policy_of(info).exclude_providers
+        excluded = effective(info.routing, self._policy).exclude_providers
         for prov in self._providers.resolve(model):  # 404 model_not_found
             if prov.name in excluded:
                 refusal = refusal or PermissionDenied(

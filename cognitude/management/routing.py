@@ -36,7 +36,7 @@ from cognitude.management.common import (
 )
 from cognitude.management.guards import require_key
 from cognitude.routing.router import NoModel, blended
-from cognitude.routing.rules import SMART_MODELS, Policy, PolicyError, parse_policy
+from cognitude.routing.rules import SMART_MODELS, Policy, PolicyError, effective, parse_policy
 
 # A typical answer's length by class, for explain's estimate when max_tokens is not given.
 TYPICAL_COMPLETION = {"simple": 150, "medium": 500, "complex": 1200}
@@ -104,7 +104,7 @@ async def explain(request: Request) -> Response:
     st = state(request)
     doc = parse_doc(orjson.dumps(await json_body(request)), "chat")
     model = doc["model"] if doc["model"] in SMART_MODELS else "smart"
-    policy = info.routing.over(st.routing_policy) if info.routing else st.routing_policy
+    policy = effective(info.routing, st.routing_policy)
     try:
         d = st.router.decide(doc, model, info.credentials or (), policy)
     except NoModel:
@@ -131,7 +131,7 @@ async def explain(request: Request) -> Response:
 async def routing_models(request: Request) -> Response:
     info = await require_key(request)
     st = state(request)
-    policy = info.routing.over(st.routing_policy) if info.routing else st.routing_policy
+    policy = effective(info.routing, st.routing_policy)
     models = st.router.reachable(info.credentials or (), policy)
     tiers = {tier: [{"id": p.model, "input_per_mtok": p.input_micros_per_mtok / 1_000_000,
                      "output_per_mtok": p.output_micros_per_mtok / 1_000_000,

@@ -106,6 +106,11 @@ def latest_user_text(doc: Mapping[str, Any], limit: int = 20_000) -> str:
     return ""
 
 
+def effective(org: Policy | None, operator: Policy) -> Policy:
+    """The policy a request of an organization runs under: its own on top of the operator's."""
+    return org.over(operator) if org is not None else operator
+
+
 class PolicyError(ValueError):
     """A policy that cannot be used; the message names the field (``rules[2].match``)."""
 
